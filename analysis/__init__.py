@@ -1,0 +1,2 @@
+"""CPU analysis of run folders and shared tables: aggregates, statistics, figures. Never imports torch
+or `animacy.collect`."""

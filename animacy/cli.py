@@ -1,0 +1,141 @@
+"""The `animacy` command line. Each subcommand imports only its own half when it runs, so analysis
+subcommands work where torch is not installed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from animacy.errors import ConfigError, DataError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from animacy.analysis.simulate import SimConfig, simulate
+
+    cfg = SimConfig(roles_per_group=a.roles, controls=a.controls, tasks=a.tasks, replicates=a.replicates,
+                    tokens=a.tokens, seed=a.seed, **({"magnitudes": a.magnitudes} if a.magnitudes else {}))
+    out = simulate(a.out, cfg, quiet=a.quiet)
+    print(f"simulated run: {out} ({cfg.n_token_rows():,} token rows)")
+    return 0
+
+
+def cmd_analyze(a: argparse.Namespace) -> int:
+    from animacy.analysis.pipeline import AnalyzeOptions, analyze
+    from animacy.sources import open_source
+
+    out = Path(a.out)
+    with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
+        run = open_source(a.source, work, a.roles_csv)
+        summary = analyze(run, out, AnalyzeOptions(first_n=a.first_n, quiet=a.quiet))
+    print(f"analysis of {summary['n_responses']:,} responses written to {out}")
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from animacy.sources import open_source
+
+    with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
+        run = open_source(a.source, work, a.roles_csv)
+        tables = [n for n in ("roles", "responses", "tokens", "activations", "vectors_index", "word_guess", "labels")
+                  if run.has(n)]
+    print(f"{a.source}: valid ({', '.join(tables)})")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from animacy.flatcsv import export_flat_csv
+    from animacy.run import Run
+
+    run = Run(a.run)
+    run.validate()
+    tokens, roles = export_flat_csv(run, a.csv, a.roles_csv)
+    print(f"wrote {tokens} and {roles}")
+    return 0
+
+
+def cmd_roles(a: argparse.Namespace) -> int:
+    from animacy.atomic import write_csv
+    from animacy.roles import DEFAULT_CONTROLS, GroupRule, design_roles, read_norms
+
+    norms = read_norms(a.norms)
+    rule = GroupRule(a.x, a.y, a.high, a.low)
+    controls = DEFAULT_CONTROLS if a.controls is None else [c for c in a.controls.split(",") if c]
+    roles = design_roles(norms, a.per_group, a.seed, rule, controls=controls)
+    write_csv(roles, a.out)
+    counts = roles["group"].value_counts().sort_index()
+    print("\n".join(f"{g}: {n}" for g, n in counts.items()) + f"\nwrote {a.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="animacy", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write a simulated run folder with known ground truth")
+    s.add_argument("--out", required=True)
+    s.add_argument("--roles", type=int, default=8, help="roles per group (3 groups)")
+    s.add_argument("--controls", type=int, default=3, help="assistant control roles")
+    s.add_argument("--tasks", type=int, default=4)
+    s.add_argument("--replicates", type=int, default=3)
+    s.add_argument("--tokens", type=int, default=60, help="response tokens per response")
+    s.add_argument("--magnitudes", type=_floats, default=None, help="e.g. 0,1,2,4,8")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("analyze", help="analyse a run folder or a flat per-token CSV")
+    s.add_argument("source", help="run folder, or flat tokens CSV")
+    s.add_argument("--out", required=True)
+    s.add_argument("--roles-csv", default=None, help="ratings keyed by role, for a flat CSV")
+    s.add_argument("--first-n", type=int, default=50, help="tokens averaged per response (default 50)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("validate", help="check a run folder or flat CSV against the data contract")
+    s.add_argument("source")
+    s.add_argument("--roles-csv", default=None)
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("export", help="write a run's tokens as the flat CSV (+ roles CSV)")
+    s.add_argument("run")
+    s.add_argument("--csv", required=True)
+    s.add_argument("--roles-csv", default=None, help="default: <csv stem>.roles.csv beside it")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("roles", help="design a roles table from norm ratings")
+    s.add_argument("--norms", required=True, help="VanArsdall & Blunt .xlsx or a roles CSV with ratings")
+    s.add_argument("--per-group", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--x", default="anim_mental")
+    s.add_argument("--y", default="anim_physical")
+    s.add_argument("--high", type=float, default=300.0)
+    s.add_argument("--low", type=float, default=250.0)
+    s.add_argument("--controls", default=None, help="comma-separated assistant controls")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_roles)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ConfigError) as exc:
+        if args.debug:
+            raise
+        print(f"animacy: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

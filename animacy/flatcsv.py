@@ -1,0 +1,235 @@
+"""The flat CSV form people share, both ways.
+
+Reading streams the CSV in chunks (never whole), checks encoding, delimiter, header and types, and
+writes it as Parquet inside a run folder, after which the same out-of-core validator checks values
+and keys and reports rows by CSV line. Writing (`export`) is one DuckDB COPY over the run's tables.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from animacy.atomic import atomic_path, write_json, write_parquet
+from animacy.errors import DataError
+from animacy.run import MANIFEST, Run, connect, table_path
+from animacy.schema import CONTROL_GROUP, FLAT_COLUMN_ORDER, FLAT_TOKENS, ROLES, Table
+from animacy.validate import Source, check_key, check_values, missing_column_error, quote
+
+CHUNK_ROWS = 1_000_000
+_BLOCK = 1 << 23
+
+
+def check_text_file(path: Path) -> list[str]:
+    """Fail clearly on a missing or empty file, non-UTF-8 bytes (with the line) or a non-comma
+    delimiter; return the header's column names."""
+    if not path.exists():
+        raise DataError(path, "does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(path, "is empty (0 bytes); expected a header line and data rows")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                line = lines + block[: exc.start].count(b"\n") + 1
+                raise DataError(
+                    path, f"is not UTF-8: byte 0x{block[exc.start]:02x} on line {line} cannot be decoded",
+                    hint="Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+                ) from exc
+            lines += block.count(b"\n")
+    with open(path, encoding="utf-8-sig") as fh:
+        header = fh.readline().rstrip("\r\n")
+    if not header.strip():
+        raise DataError(path, "has an empty first line; expected a header of column names")
+    if "," not in header:
+        for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
+            if sep in header:
+                raise DataError(
+                    path, f"looks {name}-delimited; animacy reads comma-separated CSV",
+                    hint="Re-save it with commas as the delimiter.",
+                )
+    return [c.strip() for c in header.split(",")]
+
+
+def _as_kind(chunk: pd.DataFrame, name: str, kind: str, path: Path, offset: int) -> pa.Array:
+    """Convert one column of a chunk to the contract kind as an Arrow array (empty cells are null; the
+    text 'nan' stays NaN so that the value check can name it); the first value that will not convert
+    is an error with its row."""
+    s = chunk[name]
+    empty = s.isna().to_numpy()
+    if kind == "str":
+        return pa.array(s.to_numpy(dtype=object), pa.string(), mask=empty)
+    if kind == "bool":
+        m = s.str.strip().str.lower().map({"true": True, "false": False, "1": True, "0": False})
+        bad = ~empty & m.isna().to_numpy()
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(path, "is not true/false", column=name, row=offset + i, value=s.iloc[i], csv_line=True)
+        return pa.array(m.fillna(False).to_numpy(dtype=bool), pa.bool_(), mask=empty)
+    num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+    bad = ~empty & np.isnan(num) & ~s.str.strip().str.lower().isin(["nan", "inf", "-inf"]).to_numpy()
+    if kind == "int":
+        bad |= ~np.isnan(num) & (num % 1 != 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            path, f"has a value that is not {'an integer' if kind == 'int' else 'a number'}",
+            column=name, row=offset + i, value=s.iloc[i], csv_line=True,
+        )
+    if kind == "int":
+        return pa.array(np.nan_to_num(num).astype(np.int64), pa.int64(), mask=empty)
+    return pa.array(num, pa.float64(), mask=empty)
+
+
+def read_csv_chunks(
+    path: Path, table: Table, chunk_rows: int = CHUNK_ROWS, rename: dict[str, str] | None = None
+) -> Iterator[pa.Table]:
+    """Stream a CSV as Arrow tables typed by the contract (extra columns: numbers where they parse as
+    numbers throughout, else text), after renaming columns by `rename`. Raises on a missing column or
+    a value of the wrong type."""
+    rename = rename or {}
+    header = [rename.get(c, c) for c in check_text_file(path)]
+    for col in table.columns:
+        if col.required and col.name not in header:
+            raise missing_column_error(str(path), table, col.name, header)
+    kinds = {c.name: c.kind for c in table.columns if c.name in header}
+    offset = 0
+    reader = pd.read_csv(
+        path, chunksize=chunk_rows, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
+    )
+    try:
+        for chunk in reader:
+            chunk.columns = [rename.get(c.strip(), c.strip()) for c in chunk.columns]
+            arrays = {}
+            for name in chunk.columns:
+                if name in kinds:
+                    arrays[name] = _as_kind(chunk, name, kinds[name], path, offset)
+                else:
+                    num = pd.to_numeric(chunk[name], errors="coerce")
+                    arrays[name] = pa.array(num if num.notna().sum() == chunk[name].notna().sum()
+                                            else chunk[name], from_pandas=True)
+            offset += len(chunk)
+            yield pa.table(arrays)
+    except pd.errors.ParserError as exc:
+        raise DataError(path, f"could not be parsed as CSV ({exc})") from exc
+    if offset == 0:
+        raise DataError(path, "has a header but no data rows")
+
+
+def read_roles_csv(path: Path, rename: dict[str, str] | None = None) -> pd.DataFrame:
+    """A roles CSV: `role` plus rating columns; `group` and `is_control` are optional here."""
+    table = Table("roles CSV", tuple(c for c in ROLES.columns if c.name == "role")
+                  + tuple(type(c)(c.name, c.kind, required=False) for c in ROLES.columns if c.name != "role"),
+                  key=("role",), description="roles and ratings")
+    df = pa.concat_tables(list(read_csv_chunks(path, table, rename=rename))).to_pandas()
+    dup = df["role"].duplicated()
+    if dup.any():
+        i = int(np.argmax(dup.to_numpy()))
+        raise DataError(path, "duplicate role", column="role", row=i, value=df["role"].iloc[i], csv_line=True)
+    return df
+
+
+def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | None = None) -> Run:
+    """Turn a flat per-token CSV (+ optional roles CSV with ratings) into a validated run folder."""
+    csv, out = Path(csv), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = out / "_flat.parquet"
+    writer = None
+    with atomic_path(flat) as tmp:
+        for chunk in read_csv_chunks(csv, FLAT_TOKENS):
+            present = [c.name for c in FLAT_TOKENS.columns if c.name in chunk.column_names]
+            schema = FLAT_TOKENS.arrow_schema(present)
+            batch = chunk.select(present)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, schema)
+            writer.write_table(batch)
+        writer.close()
+    src = Source.of([flat], [str(csv)], csv=True)
+    con = connect()
+    present = pq.read_schema(flat).names
+    check_values(con, FLAT_TOKENS, src, present)
+    check_key(con, FLAT_TOKENS, src, present)
+    _check_one_group_per_role(con, src, csv)
+
+    rid = "response_id" if "response_id" in present else "concat_ws('|', role, task_id, replicate::VARCHAR)"
+    rel = f"(SELECT *, {rid} AS _rid FROM read_parquet('{flat}'))"
+    token_cols = ", ".join(f"{quote(c)}" for c in ("condition", "derivation", "magnitude", "layers", "token_index",
+                                                     "token_id", "log_prob") if c in present)
+    _copy(con, f"SELECT _rid AS response_id, {token_cols} FROM {rel}", table_path(out, "tokens"))
+    _copy(con, f"""SELECT _rid AS response_id, any_value(role) AS role, any_value(task_id) AS task_id,
+                   any_value(replicate) AS replicate, NULL::BIGINT AS seed, NULL::VARCHAR AS text,
+                   (max(token_index) + 1)::BIGINT AS n_tokens, NULL::VARCHAR AS finish_reason
+                   FROM {rel} GROUP BY _rid""", table_path(out, "responses"))
+    roles = con.execute(f"SELECT role, any_value(\"group\") AS \"group\" FROM {rel} GROUP BY role ORDER BY role").df()
+    if roles_csv is not None:
+        roles = _merge_ratings(roles, read_roles_csv(Path(roles_csv)), Path(roles_csv))
+    if "is_control" not in roles:
+        roles["is_control"] = roles["group"] == CONTROL_GROUP
+    roles["is_control"] = roles["is_control"].astype(bool)
+    write_parquet(roles, table_path(out, "roles"))
+    flat.unlink()
+    write_json({"kind": "imported", "source": str(csv), "roles_csv": str(roles_csv) if roles_csv else None},
+               out / MANIFEST)
+    display = {"tokens": (str(csv), True), "responses": (str(csv), True),
+               "roles": (str(roles_csv or csv), False)}
+    return Run(out, display=display)
+
+
+def _check_one_group_per_role(con, src: Source, csv: Path) -> None:
+    hit = con.execute(
+        f"""SELECT min(_ord) FROM {src.sql()} t JOIN (
+              SELECT role FROM {src.sql()} GROUP BY role HAVING count(DISTINCT "group") > 1) USING (role)
+            WHERE t."group" <> (SELECT first("group" ORDER BY _ord) FROM {src.sql()} s WHERE s.role = t.role)"""
+    ).fetchone()[0]
+    if hit is not None:
+        _, row = src.locate(hit)
+        raise DataError(csv, "this role appears with a second group; a role belongs to one group",
+                        column="group", row=row, csv_line=True)
+
+
+def _merge_ratings(roles: pd.DataFrame, ratings: pd.DataFrame, path: Path) -> pd.DataFrame:
+    missing = sorted(set(roles["role"]) - set(ratings["role"]))
+    if missing:
+        raise DataError(path, f"has no row for role '{missing[0]}', which the tokens table uses "
+                        f"({len(missing)} roles missing)", column="role")
+    ratings = ratings.drop(columns=[c for c in ("group",) if c in ratings])
+    return roles.merge(ratings, on="role", how="left")
+
+
+def _copy(con, query: str, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+
+
+def export_flat_csv(run: Run, out: str | Path, roles_out: str | Path | None = None) -> tuple[Path, Path]:
+    """Write the run's tokens as the flat CSV (joined to responses and roles), and its roles table with
+    ratings as a second CSV keyed by role. Out of core; atomic."""
+    out = Path(out)
+    roles_out = Path(roles_out) if roles_out else out.with_name(out.stem + ".roles.csv")
+    con = connect()
+    tok_cols = [c for c in pq.read_schema(run.files("tokens")[0]).names]
+    cols = []
+    for c in FLAT_COLUMN_ORDER:
+        if c in ("role", "task_id", "replicate"):
+            cols.append(f"r.{c}")
+        elif c == "group":
+            cols.append('g."group"')
+        elif c in tok_cols:
+            cols.append(f"t.{quote(c)}")
+    query = (f"SELECT {', '.join(cols)} FROM {run.relation_sql('tokens')} t "
+             f"JOIN {run.relation_sql('responses')} r USING (response_id) "
+             f"JOIN {run.relation_sql('roles')} g ON g.role = r.role")
+    with atomic_path(out) as tmp:
+        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT csv, HEADER true)")
+    with atomic_path(roles_out) as tmp:
+        con.execute(f"COPY (SELECT * FROM {run.relation_sql('roles')} ORDER BY role) TO '{tmp}' (FORMAT csv, HEADER)")
+    return out, roles_out

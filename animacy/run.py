@@ -1,0 +1,150 @@
+"""A run folder: the manifest and the contract's tables, each one Parquet file or a folder of parts.
+
+```
+RUN/manifest.json
+RUN/roles.parquet  RUN/responses.parquet  RUN/word_guess.parquet  RUN/labels.parquet
+RUN/tokens/part-*.parquet  RUN/activations/part-*.parquet        (partitioned, big)
+RUN/vectors/vectors.safetensors  RUN/vectors/index.parquet
+```
+Small tables are read into pandas; big ones are only ever queried through DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from animacy.errors import DataError
+from animacy.schema import TABLES
+from animacy.validate import Source, check_reference, quote, validate_source
+
+MANIFEST = "manifest.json"
+VECTORS_DIR = "vectors"
+VECTORS_FILE = "vectors.safetensors"
+REQUIRED_TABLES = ("roles", "responses", "tokens")
+
+
+def connect(threads: int | None = None, memory_limit: str = "1GB", temp_dir: str | None = None):
+    """A DuckDB connection with a memory cap, so that big aggregates spill instead of growing."""
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit='{memory_limit}'")
+    con.execute("SET preserve_insertion_order=false")
+    if threads:
+        con.execute(f"SET threads={int(threads)}")
+    if temp_dir:
+        con.execute(f"SET temp_directory='{temp_dir}'")
+    return con
+
+
+def table_path(root: Path, name: str) -> Path:
+    """Where a single-file table lives (`vectors_index` sits inside the vectors folder)."""
+    if name == "vectors_index":
+        return root / VECTORS_DIR / "index.parquet"
+    return root / f"{name}.parquet"
+
+
+@dataclass
+class Run:
+    """A run folder on disk. `display` overrides how tables are named in errors (for CSV imports)."""
+
+    path: Path
+    display: dict[str, tuple[str, bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if not self.path.is_dir():
+            raise DataError(self.path, "is not a run folder (no such directory)")
+
+    @cached_property
+    def manifest(self) -> dict:
+        p = self.path / MANIFEST
+        if not p.exists():
+            raise DataError(self.path, f"has no {MANIFEST}; is this a run folder?")
+        try:
+            return json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(p, f"is not valid JSON ({exc})") from exc
+
+    def files(self, name: str) -> list[Path]:
+        single = table_path(self.path, name)
+        if single.exists():
+            return [single]
+        folder = self.path / name
+        if folder.is_dir():
+            return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+        return []
+
+    def has(self, name: str) -> bool:
+        return bool(self.files(name))
+
+    def source(self, name: str) -> Source:
+        files = self.files(name)
+        if not files:
+            raise DataError(self.path, f"has no {name} table (expected {name}.parquet or {name}/part-*.parquet)")
+        if name in self.display:
+            shown, csv = self.display[name]
+            return Source.of(files, [shown] * len(files), csv=csv)
+        return Source.of(files)
+
+    def read(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """Read a small table into pandas (never call this on `tokens`: use `relation`)."""
+        src = self.source(name)
+        cols = "*" if columns is None else ", ".join(quote(c) for c in columns)
+        paths = ", ".join("'" + str(f) + "'" for f in src.files)
+        with duckdb.connect() as con:
+            return con.execute(f"SELECT {cols} FROM read_parquet([{paths}], union_by_name=true)").df()
+
+    def relation_sql(self, name: str) -> str:
+        """A DuckDB table expression over a table's parts (for out-of-core queries)."""
+        paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self.source(name).files)
+        return f"read_parquet([{paths}], union_by_name=true)"
+
+    def validate(self, con: duckdb.DuckDBPyConnection | None = None, keys: bool = True) -> None:
+        """Check every table present against the contract, then the references between them."""
+        con = con or connect()
+        for name in REQUIRED_TABLES:
+            if not self.has(name):
+                self.source(name)  # raises the clear error
+        present = [n for n in TABLES if self.has(n)]
+        for name in present:
+            validate_source(con, TABLES[name], self.source(name), keys=keys)
+        for name in present:
+            for column, target in TABLES[name].references.items():
+                parent, parent_col = target.split(".")
+                if self.has(parent):
+                    check_reference(con, TABLES[name], self.source(name), column, self.source(parent), parent_col)
+        groups_of_roles(self.read("roles"), self.source("roles").display[0])
+
+    def load_vectors(self) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        """The vector index and the tensors it points into (read with numpy: no torch)."""
+        from safetensors.numpy import load_file
+
+        index = self.read("vectors_index")
+        path = self.path / VECTORS_DIR / VECTORS_FILE
+        if not path.exists():
+            raise DataError(path, "is missing; the vectors index points into it")
+        tensors = load_file(str(path))
+        missing = sorted(set(index["tensor"]) - set(tensors))
+        if missing:
+            raise DataError(path, f"lacks tensor '{missing[0]}' named in the vectors index", column="tensor")
+        return index, tensors
+
+
+def groups_of_roles(roles: pd.DataFrame, shown: str) -> dict[str, str]:
+    """role -> group; each role in exactly one group and controls marked consistently."""
+    if roles.empty:
+        raise DataError(shown, "has no rows; the roles table needs at least one role")
+    return dict(zip(roles["role"], roles["group"]))
+
+
+def rating_columns(roles: pd.DataFrame) -> list[str]:
+    """The numeric columns of a roles table beyond the contract's: the norm ratings."""
+    fixed = set(TABLES["roles"].names)
+    return [c for c in roles.columns if c not in fixed and pd.api.types.is_numeric_dtype(roles[c])
+            and not pd.api.types.is_bool_dtype(roles[c])]

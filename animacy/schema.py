@@ -1,0 +1,244 @@
+"""The data contract: every table of a run folder with its columns, dtypes, keys and allowed values.
+
+Both halves use this module: `collect` writes tables that conform to it and `analysis` validates
+what it reads against it. Checks are expressed as SQL predicates so that the validator can run
+them out of core over partitioned Parquet with DuckDB (one pass per table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+
+Kind = Literal["str", "int", "float", "bool", "vector"]
+
+CONDITIONS = ("with_prompt", "without_prompt", "steered", "capped")
+UNSTEERED = ("with_prompt", "without_prompt")
+DERIVATIONS = (
+    "role_minus_assistant_response",
+    "role_minus_assistant_first10",
+    "role_minus_assistant_role_word",
+    "role_minus_assistant_period",
+    "with_minus_without_response",
+    "with_minus_without_first10",
+)
+REDUCTIONS = ("mean_response", "mean_first_10", "role_word", "period", "last_token")
+FINISH_REASONS = ("stop", "length", "unknown")
+LABELS = ("denies_experience", "claims_ai")
+CONTROL_GROUP = "Assistant"
+
+ARROW_TYPES: dict[Kind, pa.DataType] = {
+    "str": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "vector": pa.list_(pa.float32()),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its kind, whether it must be present, whether it may hold nulls, its allowed values
+    and an optional SQL predicate that every non-null value must satisfy."""
+
+    name: str
+    kind: Kind
+    required: bool = True
+    nullable: bool = False
+    allowed: tuple[str, ...] | None = None
+    check: str | None = None  # SQL over the column, e.g. "log_prob <= 0"
+    check_message: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """A cross-column rule: rows where `bad` (SQL) is true are errors, reported on `column`."""
+
+    column: str
+    bad: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the run folder. Columns the contract does not name are kept (e.g. the rating
+    columns of `roles`); the numeric ones among them are ratings."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    description: str
+    row_checks: tuple[RowCheck, ...] = ()
+    big: bool = False  # partitioned into parts and aggregated out of core
+    references: dict[str, str] = field(default_factory=dict)  # column -> "table.column"
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns if c.required]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def arrow_schema(self, present: list[str] | None = None) -> pa.Schema:
+        cols = [c for c in self.columns if present is None or c.name in present]
+        return pa.schema([pa.field(c.name, ARROW_TYPES[c.kind]) for c in cols])
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+
+
+_LOG_PROB = Column(
+    "log_prob", "float", check="log_prob <= 0",
+    check_message="log-probabilities must be <= 0", description="log-probability of the token, natural log",
+)
+
+ROLES = Table(
+    "roles",
+    (
+        Column("role", "str", description="the role word or phrase, e.g. 'sock'"),
+        Column("group", "str", description="design group, e.g. 'Low Mental, High Physical' or 'Assistant'"),
+        Column("is_control", "bool", description="assistant controls carry no ratings"),
+    ),
+    key=("role",),
+    description="one row per role; any further numeric columns are norm ratings (anim_mental, ...)",
+)
+
+RESPONSES = Table(
+    "responses",
+    (
+        Column("response_id", "str"),
+        Column("role", "str"),
+        Column("task_id", "str"),
+        Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0"),
+        Column("seed", "int", nullable=True, description="generation seed; empty for imported tables"),
+        Column("text", "str", nullable=True),
+        Column("n_tokens", "int", check="n_tokens >= 0", check_message="n_tokens must be >= 0"),
+        Column("finish_reason", "str", nullable=True, allowed=FINISH_REASONS),
+    ),
+    key=("response_id",),
+    description="one row per generated response",
+    references={"role": "roles.role"},
+)
+
+TOKENS = Table(
+    "tokens",
+    (
+        Column("response_id", "str"),
+        Column("condition", "str", allowed=CONDITIONS),
+        Column("derivation", "str", nullable=True, description="vector derivation; null unless steered/capped"),
+        Column("magnitude", "float", nullable=True, description="steering magnitude or capping tau"),
+        Column("layers", "str", required=False, nullable=True, description="steered layers, e.g. '10,15'"),
+        Column("token_index", "int", check="token_index >= 0", check_message="token_index must be >= 0"),
+        Column("token_id", "int", required=False, nullable=True),
+        _LOG_PROB,
+    ),
+    key=("response_id", "condition", "derivation", "magnitude", "layers", "token_index"),
+    description="one row per response token and condition (per-token log-probs)",
+    row_checks=(
+        RowCheck(
+            "derivation",
+            f"condition IN {_in(UNSTEERED)} AND (derivation IS NOT NULL OR magnitude IS NOT NULL)",
+            "derivation and magnitude must be empty for with_prompt/without_prompt rows",
+        ),
+        RowCheck(
+            "magnitude",
+            f"condition NOT IN {_in(UNSTEERED)} AND (derivation IS NULL OR magnitude IS NULL)",
+            "steered and capped rows need both a derivation and a magnitude",
+        ),
+    ),
+    big=True,
+    references={"response_id": "responses.response_id"},
+)
+
+ACTIVATIONS = Table(
+    "activations",
+    (
+        Column("response_id", "str"),
+        Column("condition", "str", allowed=UNSTEERED),
+        Column("layer", "int", check="layer >= 0", check_message="layer must be >= 0"),
+        Column("reduction", "str", allowed=REDUCTIONS),
+        Column("values", "vector", description="the reduced residual-stream vector (float32)"),
+    ),
+    key=("response_id", "condition", "layer", "reduction"),
+    description="reduced residual activations, one row per response x condition x layer x reduction",
+    big=True,
+    references={"response_id": "responses.response_id"},
+)
+
+VECTORS_INDEX = Table(
+    "vectors_index",
+    (
+        Column("role", "str"),
+        Column("derivation", "str"),
+        Column("layer", "int"),
+        Column("tensor", "str", description="name of the tensor in vectors.safetensors"),
+        Column("row", "int", check="\"row\" >= 0", check_message="row must be >= 0"),
+        Column("raw_norm", "float", check="raw_norm >= 0", check_message="raw_norm must be >= 0"),
+    ),
+    key=("role", "derivation", "layer"),
+    description="where each unit-norm role vector lives in vectors.safetensors (tensor, row)",
+)
+
+WORD_GUESS = Table(
+    "word_guess",
+    (
+        Column("role", "str"),
+        Column("derivation", "str", nullable=True),
+        Column("magnitude", "float", nullable=True),
+        Column("target", "str"),
+        _LOG_PROB,
+    ),
+    key=("role", "derivation", "magnitude", "target"),
+    description="log-probability of the role word in a word-guess task, unsteered or steered",
+    references={"role": "roles.role"},
+)
+
+LABEL_TABLE = Table(
+    "labels",
+    (
+        Column("response_id", "str"),
+        Column("classifier", "str", allowed=LABELS),
+        Column("method", "str"),
+        Column("label", "int", check="label IN (0, 1)", check_message="label must be 0 or 1"),
+        Column("score", "float", required=False, nullable=True),
+    ),
+    key=("response_id", "classifier", "method"),
+    description="one row per response x classifier x method",
+    references={"response_id": "responses.response_id"},
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (ROLES, RESPONSES, TOKENS, ACTIVATIONS, VECTORS_INDEX, WORD_GUESS, LABEL_TABLE)
+}
+
+# The flat per-token CSV people share: tokens joined to responses and roles.
+FLAT_TOKENS = Table(
+    "flat tokens CSV",
+    (
+        Column("role", "str"),
+        Column("group", "str"),
+        Column("task_id", "str"),
+        Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0"),
+        *(c for c in TOKENS.columns if c.name != "response_id"),
+        Column("response_id", "str", required=False),
+    ),
+    key=("role", "task_id", "replicate", "condition", "derivation", "magnitude", "layers", "token_index"),
+    description="flat per-token table: one row per response token and condition",
+    row_checks=TOKENS.row_checks,
+)
+FLAT_COLUMN_ORDER = (
+    "role", "group", "task_id", "replicate", "condition", "derivation", "magnitude",
+    "token_index", "log_prob", "response_id", "token_id", "layers",
+)
+SQL_IN = _in

@@ -1,0 +1,203 @@
+"""Validate Parquet tables against the contract, out of core.
+
+Structure (columns, dtypes) comes from the Parquet footers; values are checked in one DuckDB pass per
+table that finds, for every rule, the first offending row in file order. Errors name the file, the
+column and that row.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from animacy.errors import DataError
+from animacy.schema import SQL_IN, Column, Table
+
+_ROW_BITS = 40  # row order across parts: file index << 40 | row within file
+
+
+@dataclass(frozen=True)
+class Source:
+    """The Parquet parts of one table, and how to name them in errors (a CSV converted to Parquet is
+    reported as the CSV it came from, with line numbers)."""
+
+    files: tuple[Path, ...]
+    display: tuple[str, ...]
+    csv: bool = False
+
+    @classmethod
+    def of(cls, files: Sequence[Path], display: Sequence[str] | None = None, csv: bool = False) -> Source:
+        files = tuple(Path(f) for f in files)
+        return cls(files, tuple(display) if display else tuple(str(f) for f in files), csv)
+
+    def sql(self) -> str:
+        """A DuckDB table expression over the parts with an `_ord` column giving file order."""
+        paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self.files)
+        positions = f"list_position([{paths}], filename) - 1"
+        return (
+            f"(SELECT *, (({positions})::BIGINT << {_ROW_BITS}) + file_row_number AS _ord "
+            f"FROM read_parquet([{paths}], filename=true, file_row_number=true, union_by_name=true))"
+        )
+
+    def locate(self, ord_: int) -> tuple[str, int]:
+        return self.display[ord_ >> _ROW_BITS], ord_ & ((1 << _ROW_BITS) - 1)
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _kind_ok(kind: str, t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_null(t):
+        return True
+    if kind == "str":
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+    if kind == "int":
+        return pa.types.is_integer(t)
+    if kind == "float":
+        return pa.types.is_floating(t) or pa.types.is_integer(t)
+    if kind == "bool":
+        return pa.types.is_boolean(t)
+    if kind == "vector":
+        return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and (
+            pa.types.is_floating(t.value_type)
+        )
+    raise ValueError(kind)
+
+
+def missing_column_error(path: str, table: Table, missing: str, present: Sequence[str]) -> DataError:
+    close = difflib.get_close_matches(missing, present, n=1, cutoff=0.6)
+    hint = f"Is '{close[0]}' a misspelling of '{missing}'?" if close else ""
+    return DataError(
+        path,
+        f"the {table.name} table needs a column '{missing}', which is missing "
+        f"(required: {', '.join(table.required)})",
+        column=missing,
+        hint=hint or None,
+    )
+
+
+def check_structure(table: Table, source: Source) -> list[str]:
+    """Check every part's footer: readable, required columns present, dtypes right. Returns the
+    contract columns present in all parts."""
+    present: list[str] | None = None
+    for path, shown in zip(source.files, source.display):
+        try:
+            schema = pq.read_schema(path)
+            pq.ParquetFile(path).metadata  # noqa: B018  (reads the footer: fails on a truncated file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(
+                shown, f"is not a readable Parquet file ({exc}); it may be truncated by an interrupted copy",
+                hint="Re-copy or re-export it.",
+            ) from exc
+        names = schema.names
+        for col in table.columns:
+            if col.name not in names:
+                if col.required:
+                    raise missing_column_error(shown, table, col.name, names)
+                continue
+            t = schema.field(col.name).type
+            if not _kind_ok(col.kind, t):
+                raise DataError(shown, f"has type {t} but the contract says {col.kind}", column=col.name)
+        here = [c.name for c in table.columns if c.name in names]
+        present = here if present is None else [c for c in present if c in here]
+    return present or []
+
+
+def _value_rules(table: Table, present: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(column, SQL that is true on a bad row, message) for each value rule."""
+    rules: list[tuple[str, str, str]] = []
+    cols: list[Column] = [c for c in table.columns if c.name in present]
+    for c in cols:
+        q = quote(c.name)
+        if not c.nullable:
+            rules.append((c.name, f"{q} IS NULL", "is empty; this column may not have missing values"))
+        if c.kind == "float":
+            rules.append((c.name, f"{q} IS NOT NULL AND NOT isfinite({q})", "is NaN or infinite"))
+        if c.allowed:
+            rules.append((
+                c.name, f"{q} IS NOT NULL AND {q} NOT IN {SQL_IN(c.allowed)}",
+                f"is not an allowed value (allowed: {', '.join(c.allowed)})",
+            ))
+        if c.check:
+            rules.append((c.name, f"{q} IS NOT NULL AND NOT ({c.check})", c.check_message))
+    for rc in table.row_checks:
+        needed = [c.name for c in table.columns if c.name in rc.bad]
+        if all(n in present for n in needed):
+            rules.append((rc.column, rc.bad, rc.message))
+    return rules
+
+
+def check_values(con: duckdb.DuckDBPyConnection, table: Table, source: Source, present: Sequence[str]) -> None:
+    """One pass: the first bad row of every rule; raise on the earliest one in file order."""
+    rules = _value_rules(table, present)
+    if not rules:
+        return
+    sel = ", ".join(f"min(CASE WHEN {bad} THEN _ord END)" for _, bad, _ in rules)
+    firsts = con.execute(f"SELECT {sel} FROM {source.sql()}").fetchone()
+    hits = [(o, i) for i, o in enumerate(firsts) if o is not None]
+    if not hits:
+        return
+    ord_, i = min(hits)
+    column, _, message = rules[i]
+    value = con.execute(f"SELECT {quote(column)} FROM {source.sql()} WHERE _ord = {ord_}").fetchone()[0]
+    shown, row = source.locate(ord_)
+    raise DataError(shown, message, column=column, row=row, value=value, csv_line=source.csv)
+
+
+def check_key(con: duckdb.DuckDBPyConnection, table: Table, source: Source, present: Sequence[str]) -> None:
+    """No two rows may share a key; report the first row that repeats an earlier one."""
+    key = [quote(k) for k in table.key if k in present]
+    dup = con.execute(
+        f"SELECT min(_ord, 2)[2] AS o FROM {source.sql()} GROUP BY {', '.join(key)} "
+        "HAVING count(*) > 1 ORDER BY o LIMIT 1"
+    ).fetchone()
+    if dup is None:
+        return
+    shown, row = source.locate(dup[0])
+    raise DataError(
+        shown,
+        f"duplicate key: another row has the same ({', '.join(k for k in table.key if k in present)})",
+        column=table.key[-1] if table.key[-1] in present else table.key[0],
+        row=row,
+        csv_line=source.csv,
+        hint="A resumed run or a concatenation may have written a row twice.",
+    )
+
+
+def check_reference(
+    con: duckdb.DuckDBPyConnection, table: Table, source: Source, column: str, parent: Source, parent_col: str
+) -> None:
+    """Every value of `column` must exist in the parent table (e.g. tokens.response_id in responses)."""
+    q, p = quote(column), quote(parent_col)
+    hit = con.execute(
+        f"SELECT min(t._ord) FROM {source.sql()} t ANTI JOIN "
+        f"(SELECT DISTINCT {p} AS k FROM {parent.sql()}) r ON t.{q} = r.k"
+    ).fetchone()[0]
+    if hit is None:
+        return
+    value = con.execute(f"SELECT {q} FROM {source.sql()} WHERE _ord = {hit}").fetchone()[0]
+    shown, row = source.locate(hit)
+    raise DataError(
+        shown, f"refers to a {parent_col} that the {parent_col.split('_')[0]} table does not have ({parent.display[0]})",
+        column=column, row=row, value=value, csv_line=source.csv,
+    )
+
+
+def validate_source(
+    con: duckdb.DuckDBPyConnection, table: Table, source: Source, *, keys: bool = True
+) -> list[str]:
+    """Structure, values and (optionally) key uniqueness of one table. Returns the present columns."""
+    present = check_structure(table, source)
+    check_values(con, table, source, present)
+    if keys:
+        check_key(con, table, source, present)
+    return present

@@ -1,0 +1,1 @@
+"""The data collector (torch, transformers, vLLM): writes run folders through `animacy.schema`."""

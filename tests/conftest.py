@@ -1,0 +1,27 @@
+"""Shared fixtures: small simulated runs (made once per session) and the ../shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from animacy.analysis.simulate import SimConfig, simulate
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """A small simulated run folder (read-only: copy it before changing anything)."""
+    return simulate(tmp_path_factory.mktemp("sim") / "run", SimConfig(roles_per_group=4, tasks=3, replicates=2,
+                                                                    tokens=30, magnitudes=(0.0, 2.0, 6.0)),
+                    quiet=True)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent: the norms are not redistributed with the project")
+    return SHARED_DATA

@@ -1,0 +1,140 @@
+"""The table of bad inputs: each gives one clear paragraph naming file, column and row, exit status 2,
+no traceback, and leaves no partial output."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from animacy.cli import main
+
+
+def _flat(small_run: Path, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    csv = tmp_path / "flat.csv"
+    assert main(["export", str(small_run), "--csv", str(csv)]) == 0
+    return csv, pd.read_csv(csv, keep_default_na=False, dtype=str)
+
+
+def _write(df: pd.DataFrame, path: Path) -> Path:
+    df.to_csv(path, index=False)
+    return path
+
+
+def _set(df: pd.DataFrame, row: int, col: str, value: str) -> pd.DataFrame:
+    df = df.copy()
+    df.loc[row, col] = value
+    return df
+
+
+CSV_CASES = {
+    # name: (mutate(df, path) -> path, expected column, expected 1-based row or None, words in message)
+    "missing column": (lambda df, p: _write(df.drop(columns="log_prob"), p), "log_prob", None, "missing"),
+    "misspelt column": (lambda df, p: _write(df.rename(columns={"log_prob": "logprob"}), p), "log_prob", None,
+                        "misspelling of 'log_prob'"),
+    "wrong dtype": (lambda df, p: _write(_set(df, 7, "log_prob", "abc"), p), "log_prob", 8, "not a number"),
+    "fractional integer": (lambda df, p: _write(_set(df, 3, "token_index", "1.5"), p), "token_index", 4,
+                           "not an integer"),
+    "NaN log-prob": (lambda df, p: _write(_set(df, 11, "log_prob", "nan"), p), "log_prob", 12, "NaN"),
+    "inf log-prob": (lambda df, p: _write(_set(df, 12, "log_prob", "-inf"), p), "log_prob", 13, "infinite"),
+    "positive log-prob": (lambda df, p: _write(_set(df, 20, "log_prob", "0.5"), p), "log_prob", 21, "<= 0"),
+    "duplicate key": (lambda df, p: _write(pd.concat([df.iloc[:30], df.iloc[[5]], df.iloc[30:]]), p),
+                      "token_index", 31, "duplicate key"),
+    "unknown condition": (lambda df, p: _write(_set(df, 9, "condition", "steerd"), p), "condition", 10,
+                          "not an allowed value"),
+    "steered row without magnitude": (lambda df, p: _write(
+        _set(df, int((df["condition"] == "steered").idxmax()), "magnitude", ""), p), "magnitude", None,
+        "need both a derivation and a magnitude"),
+    "role in two groups": (lambda df, p: _write(_set(df, 2, "group", "Low Mental, Low Physical"), p), "group", 3,
+                           "second group"),
+    "empty file": (lambda df, p: (p.write_bytes(b""), p)[1], None, None, "empty"),
+    "header only": (lambda df, p: (p.write_text(",".join(df.columns) + "\n"), p)[1], None, None, "no data rows"),
+    "semicolon delimiter": (lambda df, p: (df.to_csv(p, index=False, sep=";"), p)[1], None, None,
+                            "semicolon-delimited"),
+    "non-UTF-8 bytes": (lambda df, p: (_write(df, p), p.write_bytes(p.read_bytes().replace(b"hmhp-01", b"hm\xe9p-01", 1)),
+                                       p)[2], None, None, "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CSV_CASES))
+def test_bad_csv(case, small_run, tmp_path, capsys):
+    csv, df = _flat(small_run, tmp_path)
+    mutate, column, row, words = CSV_CASES[case]
+    bad = mutate(df, tmp_path / "bad.csv")
+    out = tmp_path / "analysis"
+    capsys.readouterr()
+    assert main(["analyze", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert str(bad) in err, err
+    assert words in err, err
+    if column:
+        assert f"column '{column}'" in err, err
+    if row:
+        assert f"row {row} (line {row + 1})" in err, err
+    assert len(err.strip().splitlines()) == 1, "the error is one paragraph"
+    assert not out.exists() or not any(out.iterdir()), "no partial output"
+
+
+def _copy_run(small_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    return run
+
+
+def _rewrite_part(path: Path, change) -> None:
+    t = pq.read_table(path).to_pandas()
+    pq.write_table(pa.Table.from_pandas(change(t), preserve_index=False), path)
+
+
+PARQUET_CASES = {
+    "truncated parquet": (lambda run: (run / "tokens" / "part-00002.parquet").write_bytes(
+        (run / "tokens" / "part-00002.parquet").read_bytes()[:500]), "part-00002.parquet", None, None, "truncated"),
+    "positive log-prob in a part": (lambda run: _rewrite_part(
+        run / "tokens" / "part-00003.parquet", lambda t: _set(t, 17, "log_prob", 0.25)),
+        "part-00003.parquet", "log_prob", 18, "<= 0"),
+    "wrong dtype in parquet": (lambda run: _rewrite_part(
+        run / "tokens" / "part-00001.parquet", lambda t: t.assign(token_index=t["token_index"].astype(str))),
+        "part-00001.parquet", "token_index", None, "contract says int"),
+    "duplicate response_id": (lambda run: _rewrite_part(
+        run / "responses.parquet", lambda t: pd.concat([t, t.iloc[[3]]], ignore_index=True)),
+        "responses.parquet", "response_id", None, "duplicate key"),
+    "unknown role": (lambda run: _rewrite_part(
+        run / "responses.parquet", lambda t: _set(t, 4, "role", "ghost")),
+        "responses.parquet", "role", 5, "does not have"),
+    "missing manifest": (lambda run: (run / "manifest.json").unlink(), "run", None, None, "manifest.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARQUET_CASES))
+def test_bad_run_folder(case, small_run, tmp_path, capsys):
+    run = _copy_run(small_run, tmp_path)
+    mutate, file_part, column, row, words = PARQUET_CASES[case]
+    mutate(run)
+    out = tmp_path / "analysis"
+    assert main(["analyze", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert file_part in err and words in err, err
+    if column:
+        assert f"column '{column}'" in err, err
+    if row:
+        assert f"row {row}" in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_exit_status_and_debug_flag_in_a_real_process(small_run, tmp_path):
+    """The console entry point exits 2 with no traceback; --debug shows one."""
+    bad = tmp_path / "empty.csv"
+    bad.write_text("")
+    cmd = [sys.executable, "-m", "animacy.cli"]
+    plain = subprocess.run([*cmd, "analyze", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "empty" in plain.stderr
+    debug = subprocess.run([*cmd, "--debug", "analyze", str(bad), "--out", str(tmp_path / "o")],
+                           capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
