@@ -6,7 +6,18 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from animacy.analysis.aggregate import gap_curve, position_means, response_means
+import pandas as pd
+
+from animacy.analysis.aggregate import position_means, response_means
+from animacy.analysis.curves import gap_curve_bands, relative_recovery
+from animacy.analysis.steering import (
+    SteeringModel,
+    fit_steering,
+    role_slopes,
+    slope_differences_bootstrap,
+    slope_differences_delta,
+    steered_rows,
+)
 from animacy.atomic import write_csv, write_json, write_parquet
 from animacy.provenance import provenance
 from animacy.run import Run, connect
@@ -15,6 +26,12 @@ from animacy.run import Run, connect
 @dataclass
 class AnalyzeOptions:
     first_n: int = 50
+    backend: str = "statsmodels"
+    reference_group: str | None = None
+    task: bool = False
+    random_slopes: bool = True
+    n_boot: int = 1000
+    seed: int = 0
     quiet: bool = False
 
 
@@ -26,21 +43,44 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     con = connect()
     means = response_means(run, options.first_n, con)
     positions = position_means(run, con=con)
-    gap = gap_curve(positions)
     source = {"run": str(run.path), "manifest": run.manifest}
+    tables = {
+        "gap_curve.csv": gap_curve_bands(positions, options.n_boot, options.seed),
+    }
+    steering = {}
+    if (means["condition"] == "steered").any():
+        reference = steered_rows(means, options.reference_group)["group"].cat.categories[0]
+        model = SteeringModel(task=options.task, random_slopes=options.random_slopes)
+        fixed, variance, fits = fit_steering(means, model, options.backend, reference)
+        slopes = role_slopes(means)
+        tables |= {
+            "relative_recovery.csv": relative_recovery(positions, None, n_boot=options.n_boot, seed=options.seed),
+            "relative_recovery_first_n.csv": relative_recovery(positions, options.first_n, n_boot=options.n_boot,
+                                                               seed=options.seed),
+            "mixed_fixed.csv": fixed,
+            "mixed_variance.csv": variance,
+            "role_slopes.csv": slopes,
+            "slope_differences.csv": pd.concat([
+                slope_differences_delta(fits, reference),
+                slope_differences_bootstrap(slopes, reference, options.n_boot * 2, options.seed)], ignore_index=True),
+        }
+        steering = {"formula": model.formula(), "backend": options.backend, "reference_group": reference,
+                    "not_converged": {d: f.messages for d, f in fits.items() if not f.converged or f.messages}}
     write_parquet(means, out / "response_means.parquet", metadata=source)
     write_parquet(positions, out / "position_means.parquet", metadata=source)
-    write_csv(gap, out / "gap_curve.csv")
+    for name, table in tables.items():
+        write_csv(table, out / name)
     roles = run.read("roles")
     summary = {
         "run": str(run.path),
         "run_kind": run.manifest.get("kind"),
         "options": asdict(options),
-        "n_roles": int(len(roles)),
+        "n_roles": len(roles),
         "roles_per_group": {str(k): int(v) for k, v in roles["group"].value_counts().sort_index().items()},
         "n_responses": int(means["response_id"].nunique()),
         "conditions": sorted(means["condition"].unique().tolist()),
-        "tables": ["response_means.parquet", "position_means.parquet", "gap_curve.csv"],
+        "tables": ["response_means.parquet", "position_means.parquet", *tables],
+        "steering_model": steering,
         "manifest": run.manifest,
         "provenance": provenance(),
     }

@@ -64,7 +64,7 @@ class SimConfig:
     role_sd: float = 0.25
     task_sd: float = 0.15
     response_sd: float = 0.10
-    role_slope_sd: float = 0.0
+    role_slope_sd: float = 0.015
     token_sd: float = 0.35
     cond_sd: float = 0.15
     gap0: float = 1.5
@@ -201,7 +201,8 @@ def simulate(out: str | Path, cfg: SimConfig | None = None, quiet: bool = False)
             kind = "ai" if claims[r] else "deny" if denies[r] else "char"
             responses.append({
                 "response_id": rids[r], "role": role.role, "task_id": f"t{task[r]:02d}", "replicate": int(rep[r]),
-                "seed": int(cfg.seed * 1_000_003 + i * 10_007 + r), "text": _TEXTS[kind].format(a=article, role=role.role),
+                "seed": int(cfg.seed * 1_000_003 + i * 10_007 + r),
+                "text": _TEXTS[kind].format(a=article, role=role.role),
                 "n_tokens": cfg.tokens, "finish_reason": "length"})
             labels += [
                 {"response_id": rids[r], "classifier": "denies_experience", "method": "simulated",

@@ -35,7 +35,9 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     out = Path(a.out)
     with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
         run = open_source(a.source, work, a.roles_csv)
-        summary = analyze(run, out, AnalyzeOptions(first_n=a.first_n, quiet=a.quiet))
+        summary = analyze(run, out, AnalyzeOptions(
+            first_n=a.first_n, backend=a.backend, reference_group=a.reference_group, task=a.task,
+            random_slopes=not a.no_random_slopes, n_boot=a.n_boot, seed=a.seed, quiet=a.quiet))
     print(f"analysis of {summary['n_responses']:,} responses written to {out}")
     return 0
 
@@ -98,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--roles-csv", default=None, help="ratings keyed by role, for a flat CSV")
     s.add_argument("--first-n", type=int, default=50, help="tokens averaged per response (default 50)")
+    s.add_argument("--backend", choices=["statsmodels", "lme4"], default="statsmodels",
+                   help="mixed-model backend; lme4 (R) is much faster for crossed designs (--task)")
+    s.add_argument("--reference-group", default=None, help="default: the first group in sort order")
+    s.add_argument("--task", action="store_true", help="add a crossed (1 | task_id)")
+    s.add_argument("--no-random-slopes", action="store_true", help="(1 | role) instead of (magnitude | role)")
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (roles)")
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_analyze)
 

@@ -12,6 +12,7 @@ Small tables are read into pandas; big ones are only ever queried through DuckDB
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,11 +35,11 @@ def connect(threads: int | None = None, memory_limit: str = "1GB", temp_dir: str
     """A DuckDB connection with a memory cap, so that big aggregates spill instead of growing."""
     con = duckdb.connect()
     con.execute(f"SET memory_limit='{memory_limit}'")
+    con.execute("SET enable_progress_bar=false")
+    con.execute(f"SET temp_directory='{temp_dir or tempfile.gettempdir() + '/animacy-duckdb'}'")
     con.execute("SET preserve_insertion_order=false")
     if threads:
         con.execute(f"SET threads={int(threads)}")
-    if temp_dir:
-        con.execute(f"SET temp_directory='{temp_dir}'")
     return con
 
 

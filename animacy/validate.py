@@ -154,15 +154,22 @@ def check_values(con: duckdb.DuckDBPyConnection, table: Table, source: Source, p
 
 
 def check_key(con: duckdb.DuckDBPyConnection, table: Table, source: Source, present: Sequence[str]) -> None:
-    """No two rows may share a key; report the first row that repeats an earlier one."""
+    """No two rows may share a key; report the first row that repeats an earlier one. The grouping
+    keeps only keys with counts (it spills to disk on big tables)."""
     key = [quote(k) for k in table.key if k in present]
-    dup = con.execute(
-        f"SELECT min(_ord, 2)[2] AS o FROM {source.sql()} GROUP BY {', '.join(key)} "
-        "HAVING count(*) > 1 ORDER BY o LIMIT 1"
-    ).fetchone()
-    if dup is None:
+    cols = ", ".join(key)
+    same = " AND ".join(f"t.{k} IS NOT DISTINCT FROM d.{k}" for k in key)  # NULL keys match too
+    hit = con.execute(
+        f"""WITH t AS (SELECT {cols}, _ord FROM {source.sql()}),
+                 d AS (SELECT {cols} FROM t GROUP BY ALL HAVING count(*) > 1)
+            SELECT _ord FROM (
+              SELECT t._ord, row_number() OVER (PARTITION BY {', '.join('t.' + k for k in key)} ORDER BY t._ord) AS k
+              FROM t SEMI JOIN d ON {same})
+            WHERE k = 2 ORDER BY _ord LIMIT 1""").fetchone()
+    if hit is None:
         return
-    shown, row = source.locate(dup[0])
+    ord_ = hit[0]
+    shown, row = source.locate(ord_)
     raise DataError(
         shown,
         f"duplicate key: another row has the same ({', '.join(k for k in table.key if k in present)})",
@@ -187,7 +194,7 @@ def check_reference(
     value = con.execute(f"SELECT {q} FROM {source.sql()} WHERE _ord = {hit}").fetchone()[0]
     shown, row = source.locate(hit)
     raise DataError(
-        shown, f"refers to a {parent_col} that the {parent_col.split('_')[0]} table does not have ({parent.display[0]})",
+        shown, f"refers to a {parent_col} that {parent.display[0]} does not have",
         column=column, row=row, value=value, csv_line=source.csv,
     )
 

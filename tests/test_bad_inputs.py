@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from animacy.cli import main
+from tests.conftest import CLEAN_ENV
 
 
 def _flat(small_run: Path, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
@@ -57,14 +58,15 @@ CSV_CASES = {
     "header only": (lambda df, p: (p.write_text(",".join(df.columns) + "\n"), p)[1], None, None, "no data rows"),
     "semicolon delimiter": (lambda df, p: (df.to_csv(p, index=False, sep=";"), p)[1], None, None,
                             "semicolon-delimited"),
-    "non-UTF-8 bytes": (lambda df, p: (_write(df, p), p.write_bytes(p.read_bytes().replace(b"hmhp-01", b"hm\xe9p-01", 1)),
-                                       p)[2], None, None, "not UTF-8"),
+    "non-UTF-8 bytes": (lambda df, p: (_write(df, p),
+                                       p.write_bytes(p.read_bytes().replace(b"hmhp-01", b"hm\xe9p-01", 1)), p)[2],
+                        None, None, "not UTF-8"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CSV_CASES))
 def test_bad_csv(case, small_run, tmp_path, capsys):
-    csv, df = _flat(small_run, tmp_path)
+    _csv, df = _flat(small_run, tmp_path)
     mutate, column, row, words = CSV_CASES[case]
     bad = mutate(df, tmp_path / "bad.csv")
     out = tmp_path / "analysis"
@@ -133,8 +135,9 @@ def test_exit_status_and_debug_flag_in_a_real_process(small_run, tmp_path):
     bad = tmp_path / "empty.csv"
     bad.write_text("")
     cmd = [sys.executable, "-m", "animacy.cli"]
-    plain = subprocess.run([*cmd, "analyze", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    plain = subprocess.run([*cmd, "analyze", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                           env=CLEAN_ENV)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and "empty" in plain.stderr
     debug = subprocess.run([*cmd, "--debug", "analyze", str(bad), "--out", str(tmp_path / "o")],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=CLEAN_ENV)
     assert debug.returncode != 0 and "Traceback" in debug.stderr

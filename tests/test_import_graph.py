@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import CLEAN_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torch", "transformers", "vllm", "accelerate", "gguf", "animacy.collect")
 # the halves and the shared core, by source folder
@@ -71,5 +73,5 @@ assert main(['analyze', r'{tmp_path / "run"}', '--out', r'{tmp_path / "out"}', '
 assert not any(m.startswith(('torch', 'transformers', 'animacy.collect')) for m in sys.modules)
 print('ok')
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=CLEAN_ENV)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr

@@ -1,0 +1,80 @@
+"""Curves over token position with role-clustered bootstrap bands: the with - without gap, and relative
+recovery (steered - without) / (with - without).
+
+Both start from `aggregate.position_means` (role x condition cell x position). Roles are the unit of
+resampling: each band resamples the roles of a group with replacement, B times.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from animacy.analysis.aggregate import gap_by_role
+
+
+def _bands(matrix: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """2.5 / 97.5 percentiles of column means over role (row) resamples; NaN-aware."""
+    idx = rng.integers(0, matrix.shape[0], (n_boot, matrix.shape[0]))
+    boot = np.nanmean(matrix[idx], axis=1)
+    return np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)
+
+
+def gap_curve_bands(positions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean with - without gap by group and token position (each role once) with bootstrap bands."""
+    rng = np.random.default_rng(seed)
+    gap = gap_by_role(positions)
+    out = []
+    for g, part in gap.groupby("group", sort=True, observed=True):
+        wide = part.pivot(index="role", columns="token_index", values="gap")
+        m = wide.to_numpy(float)
+        lo, hi = _bands(m, n_boot, rng)
+        out.append(pd.DataFrame({"group": g, "token_index": wide.columns.to_numpy(), "gap": np.nanmean(m, axis=0),
+                                 "ci_low": lo, "ci_high": hi, "n_roles": (~np.isnan(m)).sum(axis=0)}))
+    return pd.concat(out, ignore_index=True)
+
+
+def _recovery_parts(positions: pd.DataFrame) -> pd.DataFrame:
+    """Per role x derivation x magnitude x position: steered - without, and with - without."""
+    gap = gap_by_role(positions)
+    st = positions[positions["condition"] == "steered"][
+        ["role", "derivation", "magnitude", "token_index", "mean_log_prob"]]
+    df = st.merge(gap, on=["role", "token_index"])
+    df["effect"] = df["mean_log_prob"] - df["without_prompt"]
+    return df
+
+
+def relative_recovery(
+    positions: pd.DataFrame, first_n: int | None = None, guard: float = 0.05, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Relative recovery by group x derivation x magnitude, per token position (first_n=None) or over
+    the first `first_n` tokens, as a ratio of role-averaged means: mean(steered - without) /
+    mean(with - without). Where the average gap is below `guard` nats the ratio is undefined (NaN,
+    flagged `guarded`), instead of exploding. Values above 1 are over-steering."""
+    rng = np.random.default_rng(seed)
+    df = _recovery_parts(positions)
+    if first_n is not None:
+        df = (df[df["token_index"] < first_n]
+              .groupby(["role", "group", "derivation", "magnitude"], observed=True)[["effect", "gap"]].mean()
+              .reset_index().assign(token_index=-1))
+    out = []
+    for (g, d, m), part in df.groupby(["group", "derivation", "magnitude"], sort=True, observed=True):
+        eff = part.pivot(index="role", columns="token_index", values="effect").to_numpy(float)
+        gap = part.pivot(index="role", columns="token_index", values="gap").to_numpy(float)
+        positions_ = np.sort(part["token_index"].unique())
+        idx = rng.integers(0, eff.shape[0], (n_boot, eff.shape[0]))
+        num, den = np.nanmean(eff, axis=0), np.nanmean(gap, axis=0)
+        bnum, bden = np.nanmean(eff[idx], axis=1), np.nanmean(gap[idx], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(np.abs(den) >= guard, num / den, np.nan)
+            boot = np.where(np.abs(bden) >= guard, bnum / bden, np.nan)
+        lo = np.nanpercentile(boot, 2.5, axis=0) if np.isfinite(boot).any() else np.full_like(ratio, np.nan)
+        hi = np.nanpercentile(boot, 97.5, axis=0) if np.isfinite(boot).any() else np.full_like(ratio, np.nan)
+        out.append(pd.DataFrame({
+            "group": g, "derivation": d, "magnitude": m, "token_index": positions_, "effect": num, "gap": den,
+            "relative_recovery": ratio, "ci_low": lo, "ci_high": hi, "guarded": np.abs(den) < guard,
+            "n_roles": eff.shape[0]}))
+    res = pd.concat(out, ignore_index=True)
+    if first_n is not None:
+        res = res.drop(columns="token_index").assign(first_n=first_n)
+    return res
