@@ -120,7 +120,8 @@ class Run:
                 parent, parent_col = target.split(".")
                 if self.has(parent):
                     check_reference(con, TABLES[name], self.source(name), column, self.source(parent), parent_col)
-        groups_of_roles(self.read("roles"), self.source("roles").display[0])
+        if self.read("roles", ["role"]).empty:
+            raise DataError(self.source("roles").display[0], "has no rows; the roles table needs at least one role")
 
     def load_vectors(self) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
         """The vector index and the tensors it points into (read with numpy: no torch)."""
@@ -136,16 +137,3 @@ class Run:
             raise DataError(path, f"lacks tensor '{missing[0]}' named in the vectors index", column="tensor")
         return index, tensors
 
-
-def groups_of_roles(roles: pd.DataFrame, shown: str) -> dict[str, str]:
-    """role -> group; each role in exactly one group and controls marked consistently."""
-    if roles.empty:
-        raise DataError(shown, "has no rows; the roles table needs at least one role")
-    return dict(zip(roles["role"], roles["group"]))
-
-
-def rating_columns(roles: pd.DataFrame) -> list[str]:
-    """The numeric columns of a roles table beyond the contract's: the norm ratings."""
-    fixed = set(TABLES["roles"].names)
-    return [c for c in roles.columns if c not in fixed and pd.api.types.is_numeric_dtype(roles[c])
-            and not pd.api.types.is_bool_dtype(roles[c])]
