@@ -65,7 +65,7 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
                 slope_differences_bootstrap(slopes, reference, options.n_boot * 2, options.seed)], ignore_index=True),
         }
         steering = {"formula": model.formula(), "backend": options.backend, "reference_group": reference,
-                    "not_converged": {d: f.messages for d, f in fits.items() if not f.converged or f.messages}}
+                    "fit_messages": {d: f.messages for d, f in fits.items() if not f.converged or f.messages}}
     write_parquet(means, out / "response_means.parquet", metadata=source)
     write_parquet(positions, out / "position_means.parquet", metadata=source)
     for name, table in tables.items():
