@@ -59,7 +59,8 @@ def read_norms(path: str | Path) -> pd.DataFrame:
     for col in ("role", "anim_mental", "anim_physical"):
         if col not in df:
             raise DataError(path, f"has no '{col}' column (after mapping the workbook's names)", column=col)
-    df = df[[c for c in df.columns if not c.endswith(("N", "_score"))]]
+    rater_counts = {f"{n}N" for n in ("Living", "Thought", "Repro", "Person", "Goals", "Move")}
+    df = df[[c for c in df.columns if c not in rater_counts and not c.endswith("_score")]]  # rater counts
     df["role"] = df["role"].astype(str).str.strip()
     return df.reset_index(drop=True)
 
