@@ -69,10 +69,3 @@ def gap_by_role(positions: pd.DataFrame) -> pd.DataFrame:
     wide["gap"] = wide["with_prompt"] - wide["without_prompt"]
     return wide[["role", "group", "token_index", "with_prompt", "without_prompt", "gap"]]
 
-
-def gap_curve(positions: pd.DataFrame) -> pd.DataFrame:
-    """The with - without gap by group and token position, averaged over roles (each role counts once)."""
-    g = gap_by_role(positions)
-    out = g.groupby(["group", "token_index"], observed=True).agg(
-        gap=("gap", "mean"), sd=("gap", "std"), n_roles=("role", "nunique")).reset_index()
-    return out

@@ -1,16 +1,15 @@
 """Curves over token position with role-clustered bootstrap bands: the with - without gap, and relative
 recovery (steered - without) / (with - without).
 
-Both start from `aggregate.position_means` (role x condition cell x position). Roles are the unit of
-resampling: each band resamples the roles of a group with replacement, B times.
+Both start from `aggregate.position_means` (role x condition cell x position) and its by-role gap
+table (`aggregate.gap_by_role`, computed once by the caller). Roles are the unit of resampling: each
+band resamples the roles of a group with replacement, B times.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from animacy.analysis.aggregate import gap_by_role
 
 
 def _bands(matrix: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -20,10 +19,10 @@ def _bands(matrix: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[n
     return np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)
 
 
-def gap_curve_bands(positions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Mean with - without gap by group and token position (each role once) with bootstrap bands."""
+def gap_curve_bands(gap: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean with - without gap by group and token position (each role once) with bootstrap bands,
+    from the by-role gap table."""
     rng = np.random.default_rng(seed)
-    gap = gap_by_role(positions)
     out = []
     for g, part in gap.groupby("group", sort=True, observed=True):
         wide = part.pivot(index="role", columns="token_index", values="gap")
@@ -34,9 +33,8 @@ def gap_curve_bands(positions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
     return pd.concat(out, ignore_index=True)
 
 
-def _recovery_parts(positions: pd.DataFrame) -> pd.DataFrame:
+def _recovery_parts(positions: pd.DataFrame, gap: pd.DataFrame) -> pd.DataFrame:
     """Per role x derivation x magnitude x position: steered - without, and with - without."""
-    gap = gap_by_role(positions)
     st = positions[positions["condition"] == "steered"][
         ["role", "derivation", "magnitude", "token_index", "mean_log_prob"]]
     df = st.merge(gap, on=["role", "token_index"])
@@ -45,14 +43,15 @@ def _recovery_parts(positions: pd.DataFrame) -> pd.DataFrame:
 
 
 def relative_recovery(
-    positions: pd.DataFrame, first_n: int | None = None, guard: float = 0.05, n_boot: int = 1000, seed: int = 0
+    positions: pd.DataFrame, gap: pd.DataFrame, first_n: int | None = None, guard: float = 0.05,
+    n_boot: int = 1000, seed: int = 0,
 ) -> pd.DataFrame:
     """Relative recovery by group x derivation x magnitude, per token position (first_n=None) or over
     the first `first_n` tokens, as a ratio of role-averaged means: mean(steered - without) /
     mean(with - without). Where the average gap is below `guard` nats the ratio is undefined (NaN,
     flagged `guarded`), instead of exploding. Values above 1 are over-steering."""
     rng = np.random.default_rng(seed)
-    df = _recovery_parts(positions)
+    df = _recovery_parts(positions, gap)
     if first_n is not None:
         df = (df[df["token_index"] < first_n]
               .groupby(["role", "group", "derivation", "magnitude"], observed=True)[["effect", "gap"]].mean()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from animacy.analysis.aggregate import position_means, response_means
+from animacy.analysis.aggregate import gap_by_role, position_means, response_means
 from animacy.analysis.curves import gap_curve_bands, relative_recovery
 from animacy.analysis.steering import (
     SteeringModel,
@@ -16,7 +16,6 @@ from animacy.analysis.steering import (
     role_slopes,
     slope_differences_bootstrap,
     slope_differences_delta,
-    steered_rows,
 )
 from animacy.atomic import write_csv, write_json, write_parquet
 from animacy.provenance import provenance
@@ -44,28 +43,27 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     means = response_means(run, options.first_n, con)
     positions = position_means(run, con=con)
     source = {"run": str(run.path), "manifest": run.manifest}
-    tables = {
-        "gap_curve.csv": gap_curve_bands(positions, options.n_boot, options.seed),
-    }
+    gap = gap_by_role(positions)
+    boot = {"n_boot": options.n_boot, "seed": options.seed}
+    tables = {"gap_curve.csv": gap_curve_bands(gap, **boot)}
     steering = {}
     if (means["condition"] == "steered").any():
-        reference = steered_rows(means, options.reference_group)["group"].cat.categories[0]
         model = SteeringModel(task=options.task, random_slopes=options.random_slopes)
-        fixed, variance, fits = fit_steering(means, model, options.backend, reference)
+        fit = fit_steering(means, model, options.backend, options.reference_group)
+        reference = fit.reference_group
         slopes = role_slopes(means)
         tables |= {
-            "relative_recovery.csv": relative_recovery(positions, None, n_boot=options.n_boot, seed=options.seed),
-            "relative_recovery_first_n.csv": relative_recovery(positions, options.first_n, n_boot=options.n_boot,
-                                                               seed=options.seed),
-            "mixed_fixed.csv": fixed,
-            "mixed_variance.csv": variance,
+            "relative_recovery.csv": relative_recovery(positions, gap, None, **boot),
+            "relative_recovery_first_n.csv": relative_recovery(positions, gap, options.first_n, **boot),
+            "mixed_fixed.csv": fit.fixed,
+            "mixed_variance.csv": fit.variance,
             "role_slopes.csv": slopes,
             "slope_differences.csv": pd.concat([
-                slope_differences_delta(fits, reference),
+                slope_differences_delta(fit.fits, reference),
                 slope_differences_bootstrap(slopes, reference, options.n_boot * 2, options.seed)], ignore_index=True),
         }
         steering = {"formula": model.formula(), "backend": options.backend, "reference_group": reference,
-                    "fit_messages": {d: f.messages for d, f in fits.items() if not f.converged or f.messages}}
+                    "fit_messages": {d: f.messages for d, f in fit.fits.items() if not f.converged or f.messages}}
     write_parquet(means, out / "response_means.parquet", metadata=source)
     write_parquet(positions, out / "position_means.parquet", metadata=source)
     for name, table in tables.items():

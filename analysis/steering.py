@@ -51,11 +51,21 @@ def steered_rows(means: pd.DataFrame, reference_group: str | None = None) -> pd.
     return df
 
 
+@dataclass
+class SteeringFits:
+    """The model fitted per derivation: tidy tables, the fits, and the reference group used."""
+
+    fixed: pd.DataFrame
+    variance: pd.DataFrame
+    fits: dict[str, MixedFit]
+    reference_group: str
+
+
 def fit_steering(
     means: pd.DataFrame, model: SteeringModel | None = None, backend: str = "statsmodels",
     reference_group: str | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, MixedFit]]:
-    """Fit the model for every derivation. Returns (fixed effects, variance components, fits)."""
+) -> SteeringFits:
+    """Fit the model for every derivation (reference group: the one given, else the first in order)."""
     model = model or SteeringModel()
     df = steered_rows(means, reference_group)
     fixed, variance, fits = [], [], {}
@@ -66,7 +76,8 @@ def fit_steering(
         variance.append(fit.variance.assign(derivation=d, backend=backend))
     fixed_df = pd.concat(fixed, ignore_index=True)
     order = ["derivation", *[c for c in fixed_df.columns if c != "derivation"]]
-    return fixed_df[order], pd.concat(variance, ignore_index=True), fits
+    return SteeringFits(fixed_df[order], pd.concat(variance, ignore_index=True), fits,
+                        str(df["group"].cat.categories[0]))
 
 
 def slope_differences_delta(fits: dict[str, MixedFit], reference_group: str) -> pd.DataFrame:

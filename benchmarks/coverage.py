@@ -38,7 +38,7 @@ def one(seed: int, roles: int, null: bool, backend: str, work: str) -> dict:
                     derivations=(DERIVATION,), pct_difference=pct, seed=seed, controls=0)
     run = Run(simulate(f"{work}/{seed}-{null}", cfg, quiet=True))
     means = response_means(run)
-    _, _, fits = fit_steering(means, SteeringModel(), backend)
+    fits = fit_steering(means, SteeringModel(), backend).fits
     fixed = fits[DERIVATION].fixed.set_index("term")
     truth = cfg.slope(GROUPS[0], DERIVATION)
     out = {"slope": fixed.loc["magnitude", "ci_low"] <= truth <= fixed.loc["magnitude", "ci_high"]}

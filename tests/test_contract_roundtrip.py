@@ -9,7 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from animacy.analysis.aggregate import gap_curve, position_means, response_means
+from animacy.analysis.aggregate import gap_by_role, position_means, response_means
+from animacy.analysis.curves import gap_curve_bands
 from animacy.atomic import atomic_path, write_parquet
 from animacy.cli import main
 from animacy.run import Run
@@ -57,7 +58,8 @@ def test_gap_curve_matches_per_token_differences(small_run):
     wide["gap"] = wide.with_prompt - wide.without_prompt
     per_role = wide.groupby(["group", "role", "token_index"])["gap"].mean().reset_index()
     want = per_role.groupby(["group", "token_index"])["gap"].mean().reset_index()
-    got = gap_curve(position_means(run)).merge(want, on=["group", "token_index"], suffixes=("", "_want"))
+    bands = gap_curve_bands(gap_by_role(position_means(run)), n_boot=50)
+    got = bands.merge(want, on=["group", "token_index"], suffixes=("", "_want"))
     assert len(got) == len(want)
     np.testing.assert_allclose(got["gap"], got["gap_want"], rtol=1e-5)
 

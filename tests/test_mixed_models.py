@@ -74,8 +74,8 @@ def sim_means(tmp_path_factory):
 def test_backends_agree_on_a_simulated_study(sim_means, random_slopes):
     means, _ = sim_means
     model = SteeringModel(random_slopes=random_slopes)
-    a, _va, _ = fit_steering(means, model, "statsmodels")
-    b, _vb, _ = fit_steering(means, model, "lme4")
+    a = fit_steering(means, model, "statsmodels").fixed
+    b = fit_steering(means, model, "lme4").fixed
     m = a.merge(b, on=["derivation", "term"], suffixes=("_sm", "_r"))
     assert len(m) == len(a) == len(b) == 12
     np.testing.assert_allclose(m["estimate_sm"], m["estimate_r"], rtol=1e-3)
@@ -88,7 +88,9 @@ def test_known_slopes_and_differences_are_recovered(sim_means):
     """Estimates lie within 4 standard errors of the truth (a false alarm about 1 in 16,000 per check;
     interval coverage itself is measured by simulation in benchmarks/coverage.py)."""
     means, truth = sim_means
-    _fixed, variance, fits = fit_steering(means, SteeringModel(), "statsmodels")
+    fit = fit_steering(means, SteeringModel(), "statsmodels")
+    variance, fits = fit.variance, fit.fits
+    assert fit.reference_group == GROUPS[0]
     for d, fit in fits.items():
         t = fit.fixed.set_index("term")
         ref = truth["slopes"][d][GROUPS[0]]
@@ -107,6 +109,8 @@ def test_known_slopes_and_differences_are_recovered(sim_means):
 
 def test_reference_group_changes_the_terms(sim_means):
     means, _ = sim_means
-    fixed, _, _ = fit_steering(means, SteeringModel(random_slopes=False), reference_group=GROUPS[2])
+    fit = fit_steering(means, SteeringModel(random_slopes=False), reference_group=GROUPS[2])
+    fixed = fit.fixed
+    assert fit.reference_group == GROUPS[2]
     assert f"magnitude:group[T.{GROUPS[0]}]" in set(fixed["term"])
     assert f"magnitude:group[T.{GROUPS[2]}]" not in set(fixed["term"])

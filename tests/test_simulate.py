@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import statsmodels.formula.api as smf
 
-from animacy.analysis.aggregate import gap_curve, position_means, response_means
+from animacy.analysis.aggregate import gap_by_role, position_means, response_means
+from animacy.analysis.curves import gap_curve_bands
 from animacy.analysis.simulate import GROUPS, SimConfig, simulate
 from animacy.run import Run
 
@@ -23,7 +24,7 @@ def test_steering_slopes_and_gap_are_recovered(tmp_path):
     for g in GROUPS[1:]:
         slope = ref + fit.params[f"magnitude:C(group, Treatment(reference=GROUPS[0]))[T.{g}]"]
         assert abs(slope / ref - 1 - truth["pct_difference"][g]) < 0.08, g
-    gap = gap_curve(position_means(run))
+    gap = gap_curve_bands(gap_by_role(position_means(run)), n_boot=50)
     for g in GROUPS:
         curve = gap[gap.group == g].sort_values("token_index")["gap"].to_numpy()
         assert curve[:5].mean() > curve[-5:].mean() > 0.2, "the gap narrows but never closes"
