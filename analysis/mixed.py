@@ -126,20 +126,22 @@ def fit_statsmodels(data: pd.DataFrame, formula: str, reml: bool = True) -> Mixe
 
 
 _R_HELPER = r"""
-function(df, formula, reml) {
+function(df, formula, reml, family) {
   suppressPackageStartupMessages({library(lme4); library(lmerTest)})
   msgs <- character(0)
   fit <- withCallingHandlers(
-    lmerTest::lmer(as.formula(formula), data = df, REML = reml),
+    if (family == "binomial") lme4::glmer(as.formula(formula), data = df, family = binomial)
+    else lmerTest::lmer(as.formula(formula), data = df, REML = reml),
     warning = function(w) { msgs <<- c(msgs, conditionMessage(w)); invokeRestart("muffleWarning") },
     message = function(m) { msgs <<- c(msgs, conditionMessage(m)); invokeRestart("muffleMessage") })
-  msgs <- c(msgs, fit@optinfo$conv$lme4$messages)
+  msgs <- c(msgs, unlist(fit@optinfo$conv$lme4$messages))
   if (isSingular(fit)) msgs <- c(msgs, "boundary (singular) fit")
-  co <- summary(fit, ddf = "Satterthwaite")$coefficients
+  co <- if (family == "binomial") summary(fit)$coefficients else summary(fit, ddf = "Satterthwaite")$coefficients
+  dfs <- if (family == "binomial") rep(Inf, nrow(co)) else co[, 3]
   vc <- as.data.frame(VarCorr(fit))
   re <- ranef(fit)
   g1 <- names(re)[1]
-  list(terms = rownames(co), est = co[, 1], se = co[, 2], df = co[, 3],
+  list(terms = rownames(co), est = co[, 1], se = co[, 2], df = dfs,
        vcov = as.matrix(vcov(fit)), vc_grp = vc$grp, vc_var1 = ifelse(is.na(vc$var1), "", vc$var1),
        vc_var2 = ifelse(is.na(vc$var2), "", vc$var2), vc_vcov = vc$vcov,
        blup_group = g1, blup_levels = rownames(re[[1]]), blup_terms = colnames(re[[1]]),
@@ -172,8 +174,9 @@ def r_available() -> bool:
         return False
 
 
-def fit_lme4(data: pd.DataFrame, formula: str, reml: bool = True) -> MixedFit:
-    """R lme4 + lmerTest via rpy2: Satterthwaite df, t intervals, warnings kept as messages."""
+def fit_lme4(data: pd.DataFrame, formula: str, reml: bool = True, family: str = "gaussian") -> MixedFit:
+    """R lme4 + lmerTest via rpy2: Satterthwaite df, t intervals, warnings kept as messages. With
+    family='binomial', lme4's glmer (Laplace): Wald z intervals on the logit scale."""
     import rpy2.robjects as ro
     from rpy2.robjects import pandas2ri
     from rpy2.robjects.conversion import localconverter
@@ -192,7 +195,7 @@ def fit_lme4(data: pd.DataFrame, formula: str, reml: bool = True) -> MixedFit:
         if c in used:
             idx = list(rdf.colnames).index(c)
             rdf[idx] = ro.r["factor"](ro.StrVector(df[c].astype(str)), levels=ro.StrVector(levels))
-    out = ro.r(_R_HELPER)(rdf, formula, reml)
+    out = ro.r(_R_HELPER)(rdf, formula, reml, family)
     get = dict(zip(out.names, out))
     terms = [_r_term(t, factors) for t in get["terms"]]
     fixed_tab = _wald_table(np.array(get["est"]), np.array(get["se"]), np.array(get["df"]), terms, "lme4")
@@ -213,10 +216,36 @@ def fit_lme4(data: pd.DataFrame, formula: str, reml: bool = True) -> MixedFit:
     return MixedFit(fixed_tab, pd.DataFrame(var_rows), vcov, converged, msgs, blups)
 
 
+def fit_binomial_statsmodels(data: pd.DataFrame, formula: str) -> MixedFit:
+    """statsmodels' Bayesian mixed logistic model (variational Bayes), random intercepts only. Its
+    'se' is the posterior sd and intervals are mean +/- 1.96 sd: an approximation to glmer's Laplace
+    fit, close for the fixed effects (compared in the tests)."""
+    from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+
+    y, fixed, randoms = parse_formula(formula)
+    if any(e != "1" for e, _ in randoms):
+        raise ValueError("statsmodels' binomial mixed model takes random intercepts only; use lme4")
+    model = BinomialBayesMixedGLM.from_formula(f"{y} ~ {fixed}", {g: f"0 + C({g})" for _, g in randoms}, data)
+    res = model.fit_vb()
+    names = list(model.exog_names)
+    messages = ["variational Bayes: its posterior sds were 0.46-0.62x glmer's standard errors on simulated data, "
+                "so these intervals are too narrow; use --backend lme4 for inference"]
+    fixed_tab = _wald_table(res.fe_mean, res.fe_sd, np.inf, names, "statsmodels-vb")
+    cov = pd.DataFrame(np.diag(np.asarray(res.fe_sd) ** 2), index=names, columns=names)
+    var = pd.DataFrame([{"group": g, "term": "Intercept", "variance": float(np.exp(2 * m)), "sd": float(np.exp(m))}
+                        for g, m in zip(model.vcp_names, res.vcp_mean)])
+    return MixedFit(fixed_tab, var, cov, True, messages)
+
+
 BACKENDS = {"statsmodels": fit_statsmodels, "lme4": fit_lme4}
 
 
-def fit_mixed(data: pd.DataFrame, formula: str, backend: str = "statsmodels", reml: bool = True) -> MixedFit:
+def fit_mixed(data: pd.DataFrame, formula: str, backend: str = "statsmodels", reml: bool = True,
+              family: str = "gaussian") -> MixedFit:
+    """Fit a linear (family='gaussian') or logistic (family='binomial') mixed model."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    if family == "binomial":
+        return fit_binomial_statsmodels(data, formula) if backend == "statsmodels" else fit_lme4(
+            data, formula, family="binomial")
     return BACKENDS[backend](data, formula, reml)

@@ -10,6 +10,19 @@ import pandas as pd
 
 from animacy.analysis.aggregate import gap_by_role, position_means, response_means
 from animacy.analysis.curves import gap_curve_bands, relative_recovery
+from animacy.analysis.denial import denial_models, label_table, rates
+from animacy.analysis.geometry import (
+    axis_projections,
+    cosine_by_group,
+    cosine_similarities,
+    denial_similarity,
+    direction_validation,
+    embeddings,
+    load_activations,
+    pca_variance,
+    role_matrices,
+)
+from animacy.analysis.ratings import blup_slopes, rating_columns, rating_multilevel, rating_regressions
 from animacy.analysis.steering import (
     SteeringModel,
     fit_steering,
@@ -17,6 +30,7 @@ from animacy.analysis.steering import (
     slope_differences_bootstrap,
     slope_differences_delta,
 )
+from animacy.analysis.wordguess import word_guess_effects
 from animacy.atomic import write_csv, write_json, write_parquet
 from animacy.provenance import provenance
 from animacy.run import Run, connect
@@ -31,6 +45,8 @@ class AnalyzeOptions:
     random_slopes: bool = True
     n_boot: int = 1000
     seed: int = 0
+    umap: bool = True
+    label_method: str | None = None
     quiet: bool = False
 
 
@@ -46,6 +62,7 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     gap = gap_by_role(positions)
     boot = {"n_boot": options.n_boot, "seed": options.seed}
     tables = {"gap_curve.csv": gap_curve_bands(gap, **boot)}
+    roles = run.read("roles")
     steering = {}
     if (means["condition"] == "steered").any():
         model = SteeringModel(task=options.task, random_slopes=options.random_slopes)
@@ -64,11 +81,20 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
         }
         steering = {"formula": model.formula(), "backend": options.backend, "reference_group": reference,
                     "fit_messages": {d: f.messages for d, f in fit.fits.items() if not f.converged or f.messages}}
+        ratings = rating_columns(roles)
+        if ratings:
+            blups = blup_slopes(fit, means)
+            tables["rating_regressions.csv"] = pd.concat(
+                [rating_regressions(slopes, roles, "ols", ratings)]
+                + ([rating_regressions(blups, roles, "blup", ratings)] if not blups.empty else []), ignore_index=True)
+            tables["rating_multilevel.csv"] = pd.concat(
+                [rating_multilevel(means, roles, r, options.backend, options.random_slopes)
+                 for r in ("anim_mental", "anim_physical") if r in ratings], ignore_index=True)
+    tables |= _other_tables(run, roles, options)
     write_parquet(means, out / "response_means.parquet", metadata=source)
     write_parquet(positions, out / "position_means.parquet", metadata=source)
     for name, table in tables.items():
         write_csv(table, out / name)
-    roles = run.read("roles")
     summary = {
         "run": str(run.path),
         "run_kind": run.manifest.get("kind"),
@@ -84,3 +110,38 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     }
     write_json(json.loads(json.dumps(summary, default=str)), out / "summary.json")
     return summary
+
+
+def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions) -> dict[str, pd.DataFrame]:
+    """Tables from the optional parts of a run: labels, vectors, activations, word guess."""
+    tables: dict[str, pd.DataFrame] = {}
+    boot = {"n_boot": options.n_boot * 2, "seed": options.seed}
+    groups = roles.set_index("role")["group"]
+    denied = None
+    if run.has("labels"):
+        labels = label_table(run.read("responses"), run.read("labels"), roles, options.label_method)
+        by_role, by_group = rates(labels, **boot)
+        tables |= {"denial_rates_by_role.csv": by_role, "denial_rates_by_group.csv": by_group}
+        models = [denial_models(labels, options.backend, options.reference_group, c)
+                  for c in sorted(labels["classifier"].unique())]
+        tables["denial_models.csv"] = pd.concat(models, ignore_index=True)
+        d = labels[labels["classifier"] == "denies_experience"]
+        denied = d.set_index("response_id")["label"].astype(bool)
+    if run.has("vectors_index"):
+        index, tensors = run.load_vectors()
+        mats = role_matrices(index, tensors)
+        pairs = cosine_similarities(mats, groups)
+        tables |= {"pca_variance.csv": pca_variance(mats), "embeddings.csv": embeddings(mats, groups, options.seed,
+                                                                                        options.umap),
+                   "cosine_pairs.csv": pairs, "cosine_by_group.csv": cosine_by_group(pairs),
+                   "assistant_axis_projection.csv": axis_projections(index, tensors, mats, groups)}
+    if run.has("activations") and roles["is_control"].any():
+        acts = load_activations(run)
+        tables["direction_validation.csv"] = direction_validation(acts, roles.set_index("role")["is_control"],
+                                                                  seed=options.seed)
+        if denied is not None:
+            tables["denial_similarity.csv"] = denial_similarity(acts, denied)
+    if run.has("word_guess"):
+        tables["word_guess.csv"] = word_guess_effects(run.read("word_guess"), roles, **boot)
+    return tables
+

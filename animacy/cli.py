@@ -18,6 +18,25 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def cmd_power(a: argparse.Namespace) -> int:
+    from animacy.analysis.power import power_curve
+    from animacy.atomic import write_csv
+
+    table = power_curve(list(a.roles), a.pct_difference, a.sims, a.alpha, backend=a.backend, seed=a.seed,
+                        quiet=a.quiet)
+    print(table.to_string(index=False))
+    if a.out:
+        write_csv(table, a.out)
+    return 0
+
+
 def cmd_simulate(a: argparse.Namespace) -> int:
     from animacy.analysis.simulate import SimConfig, simulate
 
@@ -37,7 +56,8 @@ def cmd_analyze(a: argparse.Namespace) -> int:
         run = open_source(a.source, work, a.roles_csv)
         summary = analyze(run, out, AnalyzeOptions(
             first_n=a.first_n, backend=a.backend, reference_group=a.reference_group, task=a.task,
-            random_slopes=not a.no_random_slopes, n_boot=a.n_boot, seed=a.seed, quiet=a.quiet))
+            random_slopes=not a.no_random_slopes, n_boot=a.n_boot, seed=a.seed, umap=not a.no_umap,
+            label_method=a.label_method, quiet=a.quiet))
     print(f"analysis of {summary['n_responses']:,} responses written to {out}")
     return 0
 
@@ -107,8 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-random-slopes", action="store_true", help="(1 | role) instead of (magnitude | role)")
     s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (roles)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-umap", action="store_true", help="skip UMAP embeddings (PCA only)")
+    s.add_argument("--label-method", default=None, help="which labels method to use (default: the most common)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("power", help="power to detect a slope difference, by simulation")
+    s.add_argument("--roles", type=_ints, default=(10, 20, 40), help="roles per group to try, e.g. 10,20,40")
+    s.add_argument("--pct-difference", type=float, default=14.0, help="true slope difference in percent")
+    s.add_argument("--sims", type=int, default=100)
+    s.add_argument("--alpha", type=float, default=0.05)
+    s.add_argument("--backend", choices=["statsmodels", "lme4"], default="statsmodels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="write the table as CSV")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_power)
 
     s = sub.add_parser("validate", help="check a run folder or flat CSV against the data contract")
     s.add_argument("source")
