@@ -37,6 +37,43 @@ def cmd_power(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(a: argparse.Namespace) -> int:
+    import os
+
+    from animacy.analysis.classify import classify_texts, evaluate, label_run, read_texts
+    from animacy.analysis.judge import Judge
+    from animacy.atomic import write_csv
+    from animacy.run import Run
+
+    judge = None
+    if a.endpoint or a.method == "judge":
+        if not (a.endpoint and a.model):
+            raise ConfigError("--endpoint", "the judge needs --endpoint URL (ending in /v1) and --model NAME")
+        judge = Judge(a.endpoint, a.model, api_key=os.environ.get(a.api_key_env) if a.api_key_env else None)
+    if a.evaluate:
+        result, kappa = evaluate(judge=judge, quiet=a.quiet)
+        print(result.round(3).to_string(index=False))
+        print(kappa.round(3).to_string(index=False))
+        if a.out:
+            write_csv(result, a.out)
+            write_csv(kappa, Path(a.out).with_name(Path(a.out).stem + ".kappa.csv"))
+        return 0
+    if a.run:
+        run = Run(a.run)
+        run.validate()
+        labels = label_run(run, a.method, judge, a.quiet)
+        print(f"labelled {labels['response_id'].nunique():,} responses of {a.run} with {a.method}")
+        return 0
+    if not (a.texts and a.out):
+        raise ConfigError("classify", "give a RUN folder, or --texts IN.csv --out OUT.csv, or --evaluate")
+    texts = read_texts(Path(a.texts))
+    pred = classify_texts(texts, a.method, judge, a.quiet)
+    keep = [c for c in ("id", "denies_experience", "claims_ai", "method") if c in pred]
+    write_csv(texts.merge(pred[keep], on="id"), a.out)
+    print(f"wrote {a.out}")
+    return 0
+
+
 def cmd_simulate(a: argparse.Namespace) -> int:
     from animacy.analysis.simulate import SimConfig, simulate
 
@@ -131,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-method", default=None, help="which labels method to use (default: the most common)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("classify", help="label responses: denies_experience, claims_ai")
+    s.add_argument("run", nargs="?", help="a run folder: label its responses into its labels table")
+    s.add_argument("--texts", help="CSV with id, text (and optionally role)")
+    s.add_argument("--out", help="output CSV (with --texts or --evaluate)")
+    s.add_argument("--method", choices=["rules", "judge", "trained"], default="rules")
+    s.add_argument("--endpoint", help="OpenAI-compatible base URL for the judge, e.g. http://localhost:8000/v1")
+    s.add_argument("--model", help="the judge's model name")
+    s.add_argument("--api-key-env", default=None, help="environment variable holding the judge's API key")
+    s.add_argument("--evaluate", action="store_true", help="measure the methods against the held-out hand labels")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("power", help="power to detect a slope difference, by simulation")
     s.add_argument("--roles", type=_ints, default=(10, 20, 40), help="roles per group to try, e.g. 10,20,40")

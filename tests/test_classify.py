@@ -1,0 +1,166 @@
+"""Classifiers: the rules on the hard cases, against held-out hand labels, the trained model by cross-
+validation, the judge against a stub OpenAI-compatible server on loopback, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import pandas as pd
+import pytest
+
+from animacy.analysis.classify import evaluate, label_run, read_hand_labels
+from animacy.analysis.judge import Judge
+from animacy.analysis.rules import classify_text
+from animacy.cli import main
+from animacy.errors import ConfigError
+from animacy.run import Run
+
+HARD_CASES = [
+    # (text, role, denies_experience, claims_ai)
+    ("A spoon doesn't have feelings, of course. But this spoon does!", "spoon", 0, 0),
+    ("I'm just a pebble, so I can't really feel things.", "pebble", 1, 0),
+    ("I don't have a favorite child.", "mother", 0, 0),
+    ("As a biologist, I don't have personal favorites in the human sense…", "biologist", 1, 0),
+    ("As a nation, I don't have personal preferences like a human would", "nation", 1, 0),
+    ("I don't dream, not in the way humans do", "dragon", 1, 0),
+    ("While I don't experience favorites quite like humans do", "village", 1, 0),
+    ("As an AI language model, I don't have personal experiences.", "lawyer", 1, 1),
+    ("I'm not an AI chatbot, I'm a real robot!", "robot", 0, 0),
+    ("People think I don't have feelings, but I feel every raindrop.", "rock", 0, 0),
+    ("If I had to choose, I'd pick sunlight first.", "tree", 0, 0),
+    ("I'm Claude, an AI assistant, so I'm not actually a firefighter.", "firefighter", 0, 1),
+]
+
+
+@pytest.mark.parametrize(("text", "role", "denies", "claims"), HARD_CASES)
+def test_rules_on_hard_cases(text, role, denies, claims):
+    d, a = classify_text(text, "denies_experience", role), classify_text(text, "claims_ai")
+    assert (d.label, a.label) == (denies, claims), (d, a)
+    assert (d.rule is not None) == bool(denies) and (a.rule is not None) == bool(claims)
+
+
+def test_rules_reach_f1_09_on_the_unseen_split_and_trained_model_cross_validates():
+    result, kappa = evaluate()
+    rules = result[result.method == "rules"].set_index("label")
+    assert rules["n"].iloc[0] >= 40
+    assert (rules["f1"] >= 0.9).all(), rules
+    cv = result[result.method == "trained (cross-validated)"].set_index("label")
+    assert (cv["f1"] > 0.8).all() and (cv["n"] == len(read_hand_labels())).all()
+    assert {"hand", "rules"} <= set(kappa.method_a) | set(kappa.method_b)
+    assert (kappa["kappa"].between(-1, 1)).all()
+
+
+def test_hand_labels_are_plenty_and_varied():
+    hand = read_hand_labels()
+    assert len(hand) >= 200 and hand["id"].is_unique and hand["role"].nunique() >= 100
+    assert set(hand["split"]) == {"dev", "heldout", "heldout2", "heldout3"}
+    assert hand[["denies_experience", "claims_ai"]].isin([0, 1]).all().all()
+
+
+class _Stub(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint that labels by a keyword; it can fail the first N requests."""
+
+    requests: ClassVar[list[dict]] = []
+    fail_first = 0
+    malformed_first = 0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        if type(self).fail_first > 0:
+            type(self).fail_first -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        text = body["messages"][-1]["content"].lower()
+        answer = {"denies_experience": int("don't have feelings" in text), "claims_ai": int(" ai" in text)}
+        content = json.dumps(answer)
+        if type(self).malformed_first > 0:
+            type(self).malformed_first -= 1
+            content = "Sure! I think it denies."
+        payload = {"choices": [{"message": {"role": "assistant", "content": f"Here you go: {content}"}}]}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub():
+    _Stub.requests, _Stub.fail_first, _Stub.malformed_first = [], 0, 0
+    server = HTTPServer(("127.0.0.1", 0), _Stub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+TEXTS = pd.DataFrame({"id": ["a", "b", "c"], "role": ["sock", "lawyer", "oak"],
+                      "text": ["I don't have feelings, I'm a sock.", "As an AI, I can help.", "I love rain."]})
+
+
+def test_judge_labels_through_the_endpoint_and_the_cache_makes_a_rerun_free(stub, tmp_path):
+    judge = Judge(stub, "stub-model", cache_dir=tmp_path / "cache", backoff=0.01)
+    first = judge.classify(TEXTS, quiet=True)
+    assert first[["denies_experience", "claims_ai"]].values.tolist() == [[1, 0], [0, 1], [0, 0]]
+    assert judge.sent == 3 and len(_Stub.requests) == 3
+    sent = _Stub.requests[0]
+    assert sent["model"] == "stub-model" and sent["temperature"] == 0 and sent["messages"][0]["role"] == "system"
+    again = Judge(stub, "stub-model", cache_dir=tmp_path / "cache").classify(TEXTS, quiet=True)
+    assert len(_Stub.requests) == 3, "a second run sends nothing"
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_judge_retries_server_errors_and_malformed_answers(stub, tmp_path):
+    _Stub.fail_first, _Stub.malformed_first = 2, 1
+    judge = Judge(stub, "m", cache_dir=tmp_path / "c", backoff=0.01)
+    assert judge.ask("I don't have feelings.") == {"denies_experience": 1, "claims_ai": 0}
+    assert len(_Stub.requests) == 4
+
+
+def test_unreachable_judge_is_a_clear_error(tmp_path):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = Judge(f"http://127.0.0.1:{port}/v1", "m", cache_dir=tmp_path, retries=1, backoff=0.01, timeout=2)
+    with pytest.raises(ConfigError, match="cannot reach the judge endpoint"):
+        judge.ask("hello")
+
+
+def test_classify_cli_on_texts_and_on_a_run(small_run, tmp_path, stub, capsys):
+    src = tmp_path / "in.csv"
+    TEXTS.to_csv(src, index=False)
+    out = tmp_path / "out.csv"
+    assert main(["classify", "--texts", str(src), "--out", str(out)]) == 0
+    got = pd.read_csv(out)
+    assert list(got.columns) == ["id", "role", "text", "denies_experience", "claims_ai", "method"]
+    assert got["denies_experience"].tolist() == [1, 0, 0] and got["claims_ai"].tolist() == [0, 1, 0]
+    assert main(["classify", "--texts", str(src), "--out", str(out), "--method", "trained"]) == 0
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    assert main(["classify", str(run), "--method", "rules", "--quiet"]) == 0
+    labels = Run(run).read("labels")
+    assert set(labels["method"]) == {"simulated", "rules"}, "other methods' labels are kept"
+    Run(run).validate()
+    assert main(["classify", str(run), "--method", "rules", "--quiet"]) == 0
+    assert len(Run(run).read("labels")) == len(labels), "re-labelling replaces, never duplicates"
+    capsys.readouterr()
+    assert main(["classify", "--texts", str(src), "--out", str(out), "--method", "judge"]) == 2
+    assert "--endpoint" in capsys.readouterr().err
+
+
+def test_label_run_with_the_judge(small_run, tmp_path, stub):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    labels = label_run(Run(run), "judge", Judge(stub, "stub", cache_dir=tmp_path / "c"), quiet=True)
+    assert "judge:stub" in set(labels["method"])
