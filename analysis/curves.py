@@ -8,6 +8,8 @@ band resamples the roles of a group with replacement, B times.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -64,11 +66,12 @@ def relative_recovery(
         idx = rng.integers(0, eff.shape[0], (n_boot, eff.shape[0]))
         num, den = np.nanmean(eff, axis=0), np.nanmean(gap, axis=0)
         bnum, bden = np.nanmean(eff[idx], axis=1), np.nanmean(gap[idx], axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # guarded cells are all-NaN on purpose
             ratio = np.where(np.abs(den) >= guard, num / den, np.nan)
             boot = np.where(np.abs(bden) >= guard, bnum / bden, np.nan)
-        lo = np.nanpercentile(boot, 2.5, axis=0) if np.isfinite(boot).any() else np.full_like(ratio, np.nan)
-        hi = np.nanpercentile(boot, 97.5, axis=0) if np.isfinite(boot).any() else np.full_like(ratio, np.nan)
+            lo = np.nanpercentile(boot, 2.5, axis=0)
+            hi = np.nanpercentile(boot, 97.5, axis=0)
         out.append(pd.DataFrame({
             "group": g, "derivation": d, "magnitude": m, "token_index": positions_, "effect": num, "gap": den,
             "relative_recovery": ratio, "ci_low": lo, "ci_high": hi, "guarded": np.abs(den) < guard,

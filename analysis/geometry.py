@@ -13,12 +13,15 @@ import pandas as pd
 from animacy.run import Run, connect
 
 AXIS = "assistant_axis"
+NOT_ROLES = (AXIS, "trait")  # index rows that are not one vector per role
 
 
 def role_matrices(index: pd.DataFrame, tensors: dict[str, np.ndarray]) -> dict[tuple[str, int], pd.DataFrame]:
-    """(derivation, layer) -> DataFrame of unit vectors indexed by role (assistant axis excluded)."""
+    """(derivation, layer) -> DataFrame of unit vectors indexed by role (assistant axis and trait vectors
+    excluded)."""
     out = {}
-    for (d, layer), part in index[index["derivation"] != AXIS].groupby(["derivation", "layer"], sort=True):
+    roles_only = index[~index["derivation"].isin(NOT_ROLES)]
+    for (d, layer), part in roles_only.groupby(["derivation", "layer"], sort=True):
         mat = np.stack([tensors[t][r] for t, r in zip(part["tensor"], part["row"])])
         out[(d, int(layer))] = pd.DataFrame(mat, index=part["role"].to_numpy())
     return out
@@ -43,6 +46,8 @@ def embeddings(mats: dict[tuple[str, int], pd.DataFrame], groups: pd.Series, see
     """2-D coordinates of every role: the first two principal components, and UMAP (seeded, cosine)."""
     rows = []
     for (d, layer), m in mats.items():
+        if len(m) < 3:
+            continue
         x = m.to_numpy(float)
         xc = x - x.mean(axis=0)
         u, s, _ = np.linalg.svd(xc, full_matrices=False)

@@ -74,6 +74,18 @@ def cmd_classify(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(a: argparse.Namespace) -> int:
+    from animacy.collect import cli as collect_cli
+
+    if a.action == "plan":
+        collect_cli.plan(a.config)
+    else:
+        if not a.out:
+            raise ConfigError("collect run", "needs --out RUN (the run folder to write or resume)")
+        collect_cli.run(a.config, a.out, a.shard, a.quiet)
+    return 0
+
+
 def cmd_simulate(a: argparse.Namespace) -> int:
     from animacy.analysis.simulate import SimConfig, simulate
 
@@ -89,6 +101,9 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     from animacy.sources import open_source
 
     out = Path(a.out)
+    if a.task and a.backend == "statsmodels":
+        print("animacy: note: statsmodels fits crossed (1 | task_id) effects as variance components of one "
+              "group, which is slow on large studies; --backend lme4 is much faster", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
         run = open_source(a.source, work, a.roles_csv)
         summary = analyze(run, out, AnalyzeOptions(
@@ -168,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-method", default=None, help="which labels method to use (default: the most common)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("collect", help="run a study on a model (needs the collect extra: torch, transformers)")
+    s.add_argument("action", choices=["run", "plan"])
+    s.add_argument("config", help="study config (TOML), e.g. data/demo.toml")
+    s.add_argument("--out", help="run folder (written, or resumed if it exists)")
+    s.add_argument("--shard", default=None, help="i/n: run the i-th of n shards (default: SLURM_ARRAY_TASK_ID)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("classify", help="label responses: denies_experience, claims_ai")
     s.add_argument("run", nargs="?", help="a run folder: label its responses into its labels table")

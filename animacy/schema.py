@@ -12,7 +12,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-Kind = Literal["str", "int", "float", "bool", "vector"]
+Kind = Literal["str", "int", "float", "bool", "vector", "ids"]
 
 CONDITIONS = ("with_prompt", "without_prompt", "steered", "capped")
 UNSTEERED = ("with_prompt", "without_prompt")
@@ -35,6 +35,7 @@ ARROW_TYPES: dict[Kind, pa.DataType] = {
     "float": pa.float64(),
     "bool": pa.bool_(),
     "vector": pa.list_(pa.float32()),
+    "ids": pa.list_(pa.int64()),
 }
 
 
@@ -125,6 +126,8 @@ RESPONSES = Table(
         Column("text", "str", nullable=True),
         Column("n_tokens", "int", check="n_tokens >= 0", check_message="n_tokens must be >= 0"),
         Column("finish_reason", "str", nullable=True, allowed=FINISH_REASONS),
+        Column("token_ids", "ids", required=False, nullable=True,
+               description="the generated token ids, scored exactly (never re-tokenized text)"),
     ),
     key=("response_id",),
     description="one row per generated response",

@@ -66,10 +66,10 @@ def _kind_ok(kind: str, t: pa.DataType) -> bool:
         return pa.types.is_floating(t) or pa.types.is_integer(t)
     if kind == "bool":
         return pa.types.is_boolean(t)
-    if kind == "vector":
-        return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and (
-            pa.types.is_floating(t.value_type)
-        )
+    if kind in ("vector", "ids"):
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+        check = pa.types.is_floating if kind == "vector" else pa.types.is_integer
+        return is_list and check(t.value_type)
     raise ValueError(kind)
 
 

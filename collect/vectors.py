@@ -1,0 +1,106 @@
+"""Role vectors from reduced activations: the six derivations of DESIGN.md, the assistant axis, and
+contrastive trait vectors; unit norm per layer; saved as safetensors with an index table.
+
+Per role and layer, with m(condition, reduction) the mean over the role's responses:
+
+    role_minus_assistant_response   m_role(with, mean_response) - m_controls(with, mean_response)
+    role_minus_assistant_first10    m_role(with, mean_first_10) - m_controls(with, mean_first_10)
+    role_minus_assistant_role_word  m_role(with, role_word)     - m_controls(with, role_word)
+    role_minus_assistant_period     m_role(with, period)        - m_controls(with, period)
+    with_minus_without_response     m_role(with, mean_response) - m_role(without, mean_response)
+    with_minus_without_first10      m_role(with, mean_first_10) - m_role(without, mean_first_10)
+
+assistant_axis (per layer) = m_controls(with, mean_response) - mean over roles of m_role(with, mean_response).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from animacy.atomic import atomic_path, write_parquet
+from animacy.run import VECTORS_DIR, VECTORS_FILE, table_path
+
+AXIS = "assistant_axis"
+_SOURCES = {
+    "role_minus_assistant_response": ("with_prompt", "mean_response", "controls"),
+    "role_minus_assistant_first10": ("with_prompt", "mean_first_10", "controls"),
+    "role_minus_assistant_role_word": ("with_prompt", "role_word", "controls"),
+    "role_minus_assistant_period": ("with_prompt", "period", "controls"),
+    "with_minus_without_response": ("with_prompt", "mean_response", "without"),
+    "with_minus_without_first10": ("with_prompt", "mean_first_10", "without"),
+}
+
+
+def _means(acts: pd.DataFrame) -> dict[tuple, np.ndarray]:
+    """(role, condition, layer, reduction) -> mean vector over the role's responses."""
+    out = {}
+    for key, part in acts.groupby(["role", "condition", "layer", "reduction"], sort=True):
+        out[key] = np.stack(part["values"].to_numpy()).astype(np.float64).mean(0)
+    return out
+
+
+def derive(acts: pd.DataFrame, roles: list[str], controls: list[str], layers: list[int],
+           derivations: list[str]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Unit-norm vectors {tensor name: [n_roles, H]} and their index (role, derivation, layer, tensor,
+    row, raw_norm). `acts` has role, condition, layer, reduction, values."""
+    m = _means(acts)
+    tensors: dict[str, np.ndarray] = {}
+    index = []
+    for d in derivations:
+        cond, red, baseline = _SOURCES[d]
+        for layer in layers:
+            rows = []
+            for role in roles:
+                a = m.get((role, cond, layer, red))
+                if baseline == "controls":
+                    b = [m[(c, cond, layer, red)] for c in controls if (c, cond, layer, red) in m]
+                    b = np.mean(b, axis=0) if b else None
+                else:
+                    b = m.get((role, "without_prompt", layer, red))
+                if a is None or b is None:
+                    raise ValueError(f"no activations for {d} of {role!r} at layer {layer}")
+                raw = a - b
+                norm = float(np.linalg.norm(raw))
+                rows.append(raw / norm if norm > 0 else raw)
+                index.append({"role": role, "derivation": d, "layer": layer, "tensor": f"{d}/layer{layer}",
+                              "row": len(rows) - 1, "raw_norm": norm})
+            tensors[f"{d}/layer{layer}"] = np.stack(rows).astype(np.float32)
+    for layer in layers:
+        ctrl = np.mean([m[(c, "with_prompt", layer, "mean_response")] for c in controls], axis=0)
+        mean_roles = np.mean([m[(r, "with_prompt", layer, "mean_response")] for r in roles], axis=0)
+        raw = ctrl - mean_roles
+        tensors[f"{AXIS}/layer{layer}"] = (raw / np.linalg.norm(raw))[None].astype(np.float32)
+        index.append({"role": "Assistant", "derivation": AXIS, "layer": layer, "tensor": f"{AXIS}/layer{layer}",
+                      "row": 0, "raw_norm": float(np.linalg.norm(raw))})
+    return tensors, pd.DataFrame(index)
+
+
+def add_trait(tensors: dict[str, np.ndarray], index: pd.DataFrame, name: str,
+              diffs: dict[int, np.ndarray]) -> pd.DataFrame:
+    """Add a contrastive trait vector (positive - negative instruction) per layer, unit norm."""
+    rows = []
+    for layer, raw in diffs.items():
+        key = f"trait:{name}/layer{layer}"
+        tensors[key] = (raw / np.linalg.norm(raw))[None].astype(np.float32)
+        rows.append({"role": name, "derivation": "trait", "layer": layer, "tensor": key, "row": 0,
+                     "raw_norm": float(np.linalg.norm(raw))})
+    return pd.concat([index, pd.DataFrame(rows)], ignore_index=True)
+
+
+def save(run_dir: Path, tensors: dict[str, np.ndarray], index: pd.DataFrame) -> None:
+    """vectors/vectors.safetensors and vectors/index.parquet, each written atomically."""
+    from safetensors.numpy import save_file
+
+    (run_dir / VECTORS_DIR).mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / VECTORS_DIR / VECTORS_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    write_parquet(index, table_path(run_dir, "vectors_index"))
+
+
+def lookup(index: pd.DataFrame, tensors: dict[str, np.ndarray], role: str, derivation: str, layer: int) -> np.ndarray:
+    """One unit vector from the index, e.g. for steering."""
+    r = index[(index.role == role) & (index.derivation == derivation) & (index.layer == layer)].iloc[0]
+    return tensors[r.tensor][int(r.row)]
