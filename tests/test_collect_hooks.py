@@ -1,0 +1,101 @@
+"""Hook semantics, each exact, on SmolLM2 and tiny Gemma 3 / Qwen3-MoE models."""
+
+from __future__ import annotations
+
+import pytest
+
+from animacy.collect.hooks import Addition, Cap, Record, decoder_layers, hooks, position_mask
+from tests.collect_fixtures import tiny_gemma3, tiny_qwen3_moe, torch
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3", "qwen3_moe"])
+def model(request, smollm2):
+    return {"smollm2": lambda: smollm2.model, "gemma3": tiny_gemma3, "qwen3_moe": tiny_qwen3_moe}[request.param]()
+
+
+def _ids(model, batch=1, length=14):
+    torch.manual_seed(1)
+    return torch.randint(5, min(500, model.config.get_text_config().vocab_size), (batch, length))
+
+
+def _logits(model, ids, per_layer=None):
+    with torch.inference_mode(), hooks(model, per_layer or {}):
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+
+
+def _vector(model, seed=2):
+    torch.manual_seed(seed)
+    return torch.randn(model.config.get_text_config().hidden_size)
+
+
+def test_layers_are_found_and_magnitude_zero_is_bit_identical(model):
+    layers = decoder_layers(model)
+    assert len(layers) == model.config.get_text_config().num_hidden_layers
+    ids = _ids(model, batch=3)
+    base = _logits(model, ids)
+    zero = _logits(model, ids, {1: [Addition(_vector(model), torch.zeros(3))]})
+    assert torch.equal(base, zero)
+    # one row at zero inside a steered batch: that row is bit-identical to the unsteered batch's row
+    mixed = _logits(model, ids, {1: [Addition(_vector(model), torch.tensor([0.0, 4.0, 8.0]))]})
+    assert torch.equal(mixed[0], base[0]) and not torch.allclose(mixed[1], base[1])
+
+
+def test_several_magnitudes_in_one_pass_equal_one_at_a_time(model):
+    ids = _ids(model)
+    v = _vector(model)
+    batched = _logits(model, ids.expand(3, -1), {1: [Addition(v, torch.tensor([0.5, 1.0, 2.0]))]})
+    for k, m in enumerate([0.5, 1.0, 2.0]):
+        single = _logits(model, ids, {1: [Addition(v, torch.tensor([m]))]})
+        torch.testing.assert_close(batched[k], single[0], rtol=1e-4, atol=1e-4)
+
+
+def test_hooks_are_gone_after_the_block_even_after_an_exception(model):
+    layer = decoder_layers(model)[1]
+    before = len(layer._forward_hooks)
+    with hooks(model, {1: [Record()]}):
+        assert len(layer._forward_hooks) == before + 1
+    assert len(layer._forward_hooks) == before
+    with pytest.raises(RuntimeError), hooks(model, {1: [Record(), Record()]}):
+        raise RuntimeError("boom")
+    assert len(layer._forward_hooks) == before
+    ids = _ids(model)
+    assert torch.equal(_logits(model, ids), _logits(model, ids))
+
+
+def test_response_mode_changes_only_the_last_position_of_a_prompt(model):
+    ids = _ids(model)
+    T = ids.shape[1]
+    base = _logits(model, ids)
+    steered = _logits(model, ids, {1: [Addition(_vector(model), torch.tensor([5.0]), "response", T)]})
+    assert torch.equal(steered[0, :-1], base[0, :-1])
+    assert not torch.allclose(steered[0, -1], base[0, -1])
+
+
+def test_prompt_mode_acts_during_prefill_only(model):
+    ids = _ids(model)
+    T = ids.shape[1]
+    plen = T - 4  # teacher forcing: the last 4 positions are response positions
+    base = _logits(model, ids)
+    steered = _logits(model, ids, {1: [Addition(_vector(model), torch.tensor([5.0]), "prompt", plen)]})
+    assert not torch.allclose(steered[0, : plen], base[0, : plen])
+    h = torch.randn(2, 1, 8)  # a decoding step (one token): prompt mode never acts there
+    assert not position_mask(h, "prompt", 5).any()
+    assert position_mask(h, "response", 5).all()
+
+
+def test_capping_leaves_positions_already_above_tau_untouched(model):
+    ids = _ids(model)
+    axis = _vector(model)
+    axis = axis / axis.norm()
+    rec_before, rec_after = Record(), Record()
+    with torch.inference_mode(), hooks(model, {1: [rec_before]}):
+        model(input_ids=ids, use_cache=False)
+    proj = rec_before.outputs[0][0] @ axis
+    tau = float(proj.median())
+    with torch.inference_mode(), hooks(model, {1: [Cap(axis, torch.tensor([tau])), rec_after]}):
+        model(input_ids=ids, use_cache=False)
+    h0, h1 = rec_before.outputs[0][0], rec_after.outputs[0][0]
+    above = proj >= tau
+    assert above.any() and (~above).any()
+    assert torch.equal(h1[above], h0[above])
+    torch.testing.assert_close(h1[~above] @ axis, torch.full(((~above).sum().item(),), tau), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,154 @@
+"""The study runner on the real SmolLM2: a small study end to end, kill-and-resume, shards, config errors."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from animacy.cli import main
+from animacy.run import Run
+from tests.collect_fixtures import torch  # noqa: F401  (skips without torch)
+from tests.conftest import CLEAN_ENV
+
+CONFIG = """
+[study]
+name = "tiny"
+seed = 7
+replicates = 2
+temperature = 0.8
+max_new_tokens = 8
+tasks = ["What are your five favorite things?"]
+
+[model]
+source = "smollm2"
+
+[roles]
+list = [{role = "lawyer", group = "High Mental, High Physical", anim_mental = 609.0},
+        {role = "sock", group = "Low Mental, Low Physical", anim_mental = 152.4}]
+controls = ["assistant"]
+
+[capture]
+layers = [5, 10]
+
+[steer]
+layers = [5]
+derivations = ["role_minus_assistant_response", "with_minus_without_response"]
+magnitudes = [0.0, 0.1]
+cap_taus = [0.05]
+
+[word_guess]
+prompt = "Which word describes you? One word."
+"""
+TABLES = {"responses": ["response_id"],
+          "tokens": ["response_id", "condition", "derivation", "magnitude", "token_index"],
+          "activations": ["response_id", "condition", "layer", "reduction"],
+          "word_guess": ["role", "derivation", "magnitude"],
+          "vectors_index": ["role", "derivation", "layer"]}
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory, smollm2) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["collect", "run", str(config), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _tables(run: Path) -> dict[str, pd.DataFrame]:
+    r = Run(run)
+    out = {}
+    for name, key in TABLES.items():
+        df = r.read(name)
+        if "values" in df:
+            df["values"] = df["values"].map(lambda v: tuple(float(x) for x in v))
+        if "token_ids" in df:
+            df["token_ids"] = df["token_ids"].map(tuple)
+        out[name] = df.sort_values(key, na_position="first").reset_index(drop=True)
+    return out
+
+
+def test_a_small_study_end_to_end(full_run, tmp_path):
+    run = Run(full_run)
+    run.validate()
+    m = run.manifest
+    assert m["model"]["class"] == "LlamaForCausalLM" and m["chat_template_hash"]
+    assert m["no_prompt"] == "none" and m["layers"]["steer"] == [5] and set(m["layer_norms"]) == {"5", "10"}
+    assert {"torch", "transformers", "numpy"} <= set(m["provenance"]["packages"])
+    resp = run.read("responses")
+    assert len(resp) == 4 * 2 and (resp["n_tokens"] == resp["token_ids"].map(len)).all()
+    tokens = _tables(full_run)["tokens"]
+    n = tokens.groupby(["response_id", "condition", "derivation", "magnitude"], dropna=False).size()
+    lengths = resp.set_index("response_id")["n_tokens"]
+    assert (n.groupby(level=0).min() == lengths.reindex(n.index.get_level_values(0).unique())).all()
+    assert set(tokens["condition"]) == {"with_prompt", "without_prompt", "steered", "capped"}
+    # magnitude 0 reproduces the unsteered without-prompt scores
+    st0 = tokens[(tokens.condition == "steered") & (tokens.magnitude == 0)]
+    wo = tokens[tokens.condition == "without_prompt"]
+    merged = st0.merge(wo, on=["response_id", "token_index"], suffixes=("", "_wo"))
+    assert len(merged) == len(st0) > 0
+    assert (merged["log_prob"] - merged["log_prob_wo"]).abs().max() < 1e-4
+    idx, tensors = run.load_vectors()
+    assert len(idx) == 2 * 2 * 2 + 2  # 2 roles x 2 derivations x 2 layers, and the axis at each layer
+    assert all(abs(float((tensors[t][r] ** 2).sum()) - 1) < 1e-5 for t, r in zip(idx["tensor"], idx["row"]))
+    assert main(["analyze", str(full_run), "--out", str(tmp_path / "a"), "--no-umap", "--n-boot", "50",
+                 "--quiet"]) == 0
+
+
+def test_killed_run_resumes_to_identical_tables(config, full_run, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "animacy.cli", "collect", "run", str(config), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=CLEAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "_jobs" / "score-0001.done"
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "_jobs" / "shard-0-of-1.done").exists(), "the run was killed before it finished"
+    assert main(["collect", "run", str(config), "--out", str(out), "--quiet"]) == 0
+    a, b = _tables(full_run), _tables(out)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True, obj=name)
+
+
+def test_two_shards_make_the_same_run(config, full_run, tmp_path):
+    out = tmp_path / "sharded"
+    procs = [subprocess.Popen([sys.executable, "-m", "animacy.cli", "collect", "run", str(config), "--out", str(out),
+                               "--shard", f"{i}/2", "--quiet"], env=CLEAN_ENV, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    a, b = _tables(full_run), _tables(out)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True, obj=name)
+    assert sorted(Run(out).manifest["shards_done"])[-1].startswith("shard-")
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda s: s.replace('source = "smollm2"', ""), "[model] needs 'source'"),
+    (lambda s: s.replace("replicates = 2", 'replicates = "two"'), "study.replicates' should be int"),
+    (lambda s: s.replace("layers = [5]\n", "layers = [7]\n"), "subset of capture.layers"),
+    (lambda s: s.replace('"with_minus_without_response"', '"with_minus_without"'), "unknown derivation"),
+    (lambda s: s + "\n[steering]\nx = 1\n", "unknown section [steering]"),
+    (lambda s: s.replace("[study]", "[study"), "not valid TOML"),
+])
+def test_config_errors_name_the_file_and_key(tmp_path, edit, words, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(edit(CONFIG))
+    assert main(["collect", "run", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and words in err, err
+    assert not (tmp_path / "o").exists()
