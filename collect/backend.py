@@ -9,19 +9,29 @@ Traps handled here: continuations are scored as the exact generated ids (never r
 batches are right-padded so positions are 0..L-1 for every row; log-probs are computed in fp32 for the
 target token only, from the final hidden states of the continuation positions, chunk by chunk, so no
 full-vocabulary log-softmax over the whole batch is ever built.
+
+A sweep (one sequence, many coefficients) does less work than one forward per coefficient: the layers
+below the first intervened layer are the same for every row, so they run once and only the layers from
+there on run per row; rows whose coefficient is zero at every layer are the unsteered computation, run
+once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from animacy.collect.hooks import Addition, Cap, Mode, decoder_layers, hooks
+from animacy.collect.hooks import Addition, Cap, Mode, Record, decoder_layers, hooks
 
 _LOGIT_CHUNK = 256  # positions per lm-head chunk
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early (the prefix pass needs no later layers)."""
 
 
 @dataclass
@@ -105,8 +115,80 @@ class TransformersBackend:
     def score(self, prompt_ids: Sequence[int], continuation: Sequence[int],
               intervention: Intervention | None = None, capture: Sequence[int] = ()) -> ScoreResult:
         """Teacher-force `continuation` after `prompt_ids`; with an intervention, one batch row per
-        coefficient (rows share the sequence, so no padding is needed)."""
-        return self.score_batch([list(prompt_ids)], [list(continuation)], intervention, capture)
+        coefficient, computed as a sweep (shared prefix layers, zero rows once)."""
+        if intervention is None or capture:
+            return self.score_batch([list(prompt_ids)], [list(continuation)], intervention, capture)
+        return self.sweep(list(prompt_ids), list(continuation), intervention)
+
+    @contextmanager
+    def _from_layer(self, first: int) -> Iterator[None]:
+        """Make the decoder run only layers[first:] on `inputs_embeds` (the residual entering `first`)."""
+        decoder = self.model.get_decoder()
+        layers, cfg = decoder.layers, decoder.config
+        types = getattr(cfg, "layer_types", None)
+        decoder.layers = torch.nn.ModuleList(list(layers)[first:])
+        if types is not None:
+            cfg.layer_types = list(types)[first:]
+        try:
+            yield
+        finally:
+            decoder.layers = layers
+            if types is not None:
+                cfg.layer_types = types
+
+    @torch.inference_mode()
+    def sweep(self, prompt: list[int], continuation: list[int], intervention: Intervention) -> ScoreResult:
+        """One sequence at every coefficient of the intervention (see the module docstring)."""
+        seq = torch.tensor([prompt + continuation], device=self.device)
+        coeffs = intervention.coeffs.to(torch.float32)
+        # adding zero is the unsteered computation; capping at zero is not
+        zero = (coeffs == 0) if intervention.kind == "add" else torch.zeros_like(coeffs, dtype=torch.bool)
+        out = torch.empty((len(coeffs), len(continuation)), dtype=torch.float32, device=self.device)
+        first = min(intervention.per_layer)
+        resid = None
+        if first > 0:  # the residual entering the first intervened layer, computed once
+            rec = Record()
+
+            def stop(module, args, output):
+                rec(module, args, output)
+                raise _Stop
+
+            try:
+                with hooks(self.model, {first - 1: [stop]}):
+                    self.model.get_decoder()(input_ids=seq, use_cache=False)
+            except _Stop:
+                pass
+            resid = rec.outputs[0].to(self.model.dtype)
+        if zero.any():
+            out[zero] = self.score_batch([prompt], [continuation]).log_probs[0]
+        live = torch.nonzero(~zero).flatten()
+        if len(live):
+            sub = Intervention(intervention.kind, {k: (v[live] if v.dim() == 2 else v)
+                                                   for k, v in intervention.per_layer.items()},
+                               coeffs[live], intervention.mode, intervention.layer_scale)
+            n = len(live)
+            if resid is None:
+                out[live] = self.score_batch([prompt], [continuation], sub).log_probs
+            else:
+                per_layer = self._intervention_hooks(sub, torch.tensor([len(prompt)] * n, device=self.device))
+                # hooks first: they find layers by their index in the full model
+                with hooks(self.model, per_layer), self._from_layer(first):
+                    base = self.model.get_decoder()(inputs_embeds=resid.expand(n, -1, -1), use_cache=False)
+                hidden = base.last_hidden_state
+                pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(continuation), device=self.device)
+                targets = seq[0, pos + 1]
+                for k in range(n):
+                    out[live[k]] = self._log_probs(hidden[k, pos], targets)
+        return ScoreResult(out, {})
+
+    def _intervention_hooks(self, intervention: Intervention, plen: torch.Tensor) -> dict[int, list]:
+        cls = Addition if intervention.kind == "add" else Cap
+        per_layer: dict[int, list] = {}
+        for layer, vec in intervention.per_layer.items():
+            scale = (intervention.layer_scale or {}).get(layer, 1.0)
+            coeffs = intervention.coeffs.to(self.device, torch.float32) * scale
+            per_layer.setdefault(layer, []).append(cls(vec.to(self.device), coeffs, intervention.mode, plen))
+        return per_layer
 
     @torch.inference_mode()
     def score_batch(self, prompts: list[list[int]], continuations: list[list[int]],
@@ -126,13 +208,7 @@ class TransformersBackend:
             ids[b, : len(s)] = torch.tensor(s, device=self.device)
             mask[b, : len(s)] = 1
         plen = torch.tensor([len(p) for p in prompts], device=self.device)
-        per_layer: dict[int, list] = {}
-        if intervention is not None:
-            cls = Addition if intervention.kind == "add" else Cap
-            for layer, vec in intervention.per_layer.items():
-                scale = (intervention.layer_scale or {}).get(layer, 1.0)
-                coeffs = intervention.coeffs.to(self.device, torch.float32) * scale
-                per_layer.setdefault(layer, []).append(cls(vec.to(self.device), coeffs, intervention.mode, plen))
+        per_layer = self._intervention_hooks(intervention, plen) if intervention is not None else {}
         captured: dict[int, list[torch.Tensor]] = {}
         for layer in capture:
             captured[layer] = []

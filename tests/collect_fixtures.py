@@ -14,7 +14,8 @@ def tiny_gemma3():
     torch.manual_seed(0)
     cfg = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=8,
-                           max_position_embeddings=256)
+                           max_position_embeddings=256,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"])
     return Gemma3ForCausalLM(cfg).eval()
 
 

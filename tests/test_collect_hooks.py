@@ -99,3 +99,25 @@ def test_capping_leaves_positions_already_above_tau_untouched(model):
     assert above.any() and (~above).any()
     assert torch.equal(h1[above], h0[above])
     torch.testing.assert_close(h1[~above] @ axis, torch.full(((~above).sum().item(),), tau), rtol=1e-4, atol=1e-4)
+
+
+def test_a_sweep_with_shared_prefix_layers_equals_the_full_batch(model):
+    """The backend's sweep (layers below the first steered one run once, zero rows once) gives the
+    log-probs of the plain batched forward, for steering and capping."""
+    from types import SimpleNamespace
+
+    from animacy.collect.backend import Intervention, TransformersBackend
+
+    be = TransformersBackend(model, SimpleNamespace(pad_token_id=0, eos_token_id=1))
+    ids = _ids(model, length=16)[0].tolist()
+    prompt, cont = ids[:9], ids[9:]
+    torch.manual_seed(3)
+    H = model.config.get_text_config().hidden_size
+    V = torch.nn.functional.normalize(torch.randn(4, H), dim=1)
+    for kind, per_layer, coeffs in (("add", {1: V, 2: V}, torch.tensor([0.0, 1.0, 2.0, 4.0])),
+                                    ("cap", {1: V[0], 2: V[0]}, torch.tensor([0.0, 0.5, 1.0]))):
+        iv = Intervention(kind, per_layer, coeffs, "all", {1: 2.0, 2: 3.0})
+        sweep = be.score(prompt, cont, iv).log_probs
+        batch = be.score_batch([prompt], [cont], iv).log_probs
+        torch.testing.assert_close(sweep, batch, rtol=1e-4, atol=1e-4)
+    assert len(decoder_layers(model)) == model.config.get_text_config().num_hidden_layers
