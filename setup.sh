@@ -18,6 +18,15 @@ if [ "$mode" = "--dev" ] && ! Rscript -e 'library(lmerTest); library(lme4)' >/de
     echo "setup.sh: R with lme4 + lmerTest is missing and this is not root: the lme4 tests will be skipped" >&2
   fi
 fi
+if [ "$mode" = "--dev" ] && [ ! -x /usr/bin/chromium ]; then  # the report's real-browser test
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup.sh: Debian's chromium is missing and this is not root: the browser test will be skipped" >&2
+  fi
+fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip=(.venv/bin/python -m pip install -q)

@@ -68,3 +68,14 @@ def denial_models(table: pd.DataFrame, backend: str = "statsmodels", reference_g
         return pd.DataFrame()
     res = _odds_ratios(pd.concat(out, ignore_index=True)).assign(classifier=classifier)
     return res[["classifier", "model", *[c for c in res.columns if c not in ("classifier", "model")]]]
+
+
+def example_responses(responses: pd.DataFrame, labels: pd.DataFrame, classifier: str = "denies_experience",
+                      per_label: int = 3, width: int = 240) -> pd.DataFrame:
+    """A few responses of each label value (first by id), text on one line and shortened, for the report."""
+    lab = labels[labels["classifier"] == classifier].merge(responses[["response_id", "role", "text"]],
+                                                           on="response_id")
+    ex = lab.sort_values(["label", "response_id"], ascending=[False, True]).groupby("label").head(per_label)
+    ex = ex.assign(text=ex["text"].str.replace(r"\s+", " ", regex=True).str.slice(0, width))
+    return ex[["role", "label", "text"]].rename(columns={"label": classifier})
+

@@ -41,6 +41,12 @@ def pca_variance(mats: dict[tuple[str, int], pd.DataFrame], threshold: float = 0
     return pd.DataFrame(rows)
 
 
+def dims_to_threshold(variance: pd.DataFrame) -> pd.DataFrame:
+    """One row per derivation x layer: how many components reach the threshold of `pca_variance`."""
+    col = next(c for c in variance.columns if c.startswith("dims_to_"))
+    return variance.drop_duplicates(["derivation", "layer"])[["derivation", "layer", col]].reset_index(drop=True)
+
+
 def embeddings(mats: dict[tuple[str, int], pd.DataFrame], groups: pd.Series, seed: int = 0,
                umap: bool = True) -> pd.DataFrame:
     """2-D coordinates of every role: the first two principal components, and UMAP (seeded, cosine)."""

@@ -93,6 +93,7 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     tables |= _other_tables(run, roles, options)
     write_parquet(means, out / "response_means.parquet", metadata=source)
     write_parquet(positions, out / "position_means.parquet", metadata=source)
+    tables = {name: table for name, table in tables.items() if len(table.columns)}  # nothing to say: no file
     for name, table in tables.items():
         write_csv(table, out / name)
     summary = {
@@ -144,4 +145,9 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions) -> dic
     if run.has("word_guess"):
         tables["word_guess.csv"] = word_guess_effects(run.read("word_guess"), roles, **boot)
     return tables
+
+
+def read_tables(out: str | Path) -> dict[str, pd.DataFrame]:
+    """The CSV tables an analysis wrote, by file name."""
+    return {p.name: pd.read_csv(p) for p in sorted(Path(out).glob("*.csv"))}
 

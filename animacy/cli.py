@@ -10,6 +10,8 @@ from pathlib import Path
 
 from animacy.errors import ConfigError, DataError
 
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "data" / "demo.toml"
+
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -71,6 +73,33 @@ def cmd_classify(a: argparse.Namespace) -> int:
     keep = [c for c in ("id", "denies_experience", "claims_ai", "method") if c in pred]
     write_csv(texts.merge(pred[keep], on="id"), a.out)
     print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from animacy.analysis.render import render
+
+    path = render(a.run, a.out, {"backend": a.backend, "n_boot": a.n_boot}, engine=a.engine)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """The embedded default: a small real study on SmolLM2 on the CPU, collect -> classify -> analyze -> report."""
+    import time
+
+    from animacy.analysis.classify import label_run
+    from animacy.analysis.render import render
+    from animacy.collect import cli as collect_cli
+    from animacy.run import Run
+
+    t = time.perf_counter()
+    out = Path(a.out)
+    run = collect_cli.run(str(DEMO_CONFIG), str(out / "run"), None, a.quiet)
+    label_run(Run(run), "rules", quiet=a.quiet)
+    html = render(run, out / "report")
+    print(f"demo finished in {time.perf_counter() - t:.0f} s")
+    print(f"report: {html}")
     return 0
 
 
@@ -183,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-method", default=None, help="which labels method to use (default: the most common)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("demo", help="the CPU demo: a small real study on SmolLM2, collect -> report")
+    s.add_argument("--out", default="runs/demo", help="where the run and the report go (default runs/demo)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("report", help="render the write-up of a run as HTML (Quarto, or its own fallback)")
+    s.add_argument("run", help="run folder (or flat tokens CSV)")
+    s.add_argument("--out", required=True, help="output folder for report.html and the analysis tables")
+    s.add_argument("--engine", choices=["auto", "quarto", "nbclient"], default="auto")
+    s.add_argument("--backend", choices=["statsmodels", "lme4"], default="statsmodels")
+    s.add_argument("--n-boot", type=int, default=500)
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("collect", help="run a study on a model (needs the collect extra: torch, transformers)")
     s.add_argument("action", choices=["run", "plan"])

@@ -11,6 +11,7 @@ Small tables are read into pandas; big ones are only ever queried through DuckDB
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ def connect(threads: int | None = None, memory_limit: str = "1GB", temp_dir: str
     """A DuckDB connection with a memory cap, so that big aggregates spill instead of growing."""
     con = duckdb.connect()
     con.execute(f"SET memory_limit='{memory_limit}'")
-    con.execute("SET enable_progress_bar=false")
+    with contextlib.suppress(duckdb.InvalidInputException):  # in Jupyter without ipywidgets DuckDB refuses
+        con.execute("SET enable_progress_bar=false")
     con.execute(f"SET temp_directory='{temp_dir or tempfile.gettempdir() + '/animacy-duckdb'}'")
     con.execute("SET preserve_insertion_order=false")
     if threads:

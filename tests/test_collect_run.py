@@ -152,3 +152,13 @@ def test_config_errors_name_the_file_and_key(tmp_path, edit, words, capsys):
     err = capsys.readouterr().err
     assert str(path) in err and words in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_plan_counts_jobs_and_estimates_time(config, capsys):
+    from animacy.collect.cli import plan
+
+    info = plan(str(config))
+    assert info["roles"] == 4 and info["steered_roles"] == 2 and info["responses"] == 8
+    assert info["jobs"] == 2 * 4 + 1 + 2 * 2
+    assert info["measured_scoring_tokens_per_s"] > 0 and info["estimated_minutes"] > 0
+    assert "estimated_minutes" in capsys.readouterr().out
