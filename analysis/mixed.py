@@ -164,6 +164,23 @@ def _r_term(term: str, factors: dict[str, list[str]]) -> str:
     return ":".join(parts)
 
 
+def environment_without_r() -> dict[str, str]:
+    """This process's environment minus what embedding R added: rpy2 prepends R's library folders to
+    LD_LIBRARY_PATH, which breaks the extension modules of Python child processes (e.g. a kernel)."""
+    import os
+
+    env = dict(os.environ)
+    r_home = env.get("R_HOME")
+    if r_home and "LD_LIBRARY_PATH" in env:
+        kept = [p for p in env["LD_LIBRARY_PATH"].split(":") if p and not p.startswith(r_home)
+                and p not in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/jvm/default-java/lib/server")]
+        if kept:
+            env["LD_LIBRARY_PATH"] = ":".join(kept)
+        else:
+            del env["LD_LIBRARY_PATH"]
+    return env
+
+
 def r_available() -> bool:
     try:
         import rpy2.robjects as ro

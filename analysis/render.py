@@ -78,7 +78,10 @@ def render(run: str | Path, out: str | Path, params: dict | None = None, engine:
     from nbconvert import HTMLExporter
 
     nb = qmd_to_notebook(REPORT.read_text(), params)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out)}}).execute()
+    from animacy.analysis.mixed import environment_without_r
+
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out)}})
+    client.execute(env=environment_without_r())
     for cell in nb.cells:  # warnings on stderr are for the log, not the reader
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]

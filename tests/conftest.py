@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,6 @@ from animacy.analysis.simulate import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-# The environment before anything embeds R: rpy2 prepends R's libraries to LD_LIBRARY_PATH, which breaks
-# the interpreter's own extension modules in child processes.
-CLEAN_ENV = dict(os.environ)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from animacy.analysis.mixed import environment_without_r
 from animacy.cli import main
-from tests.conftest import CLEAN_ENV
 
 
 def _flat(small_run: Path, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
@@ -136,8 +136,8 @@ def test_exit_status_and_debug_flag_in_a_real_process(small_run, tmp_path):
     bad.write_text("")
     cmd = [sys.executable, "-m", "animacy.cli"]
     plain = subprocess.run([*cmd, "analyze", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                           env=CLEAN_ENV)
+                           env=environment_without_r())
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and "empty" in plain.stderr
     debug = subprocess.run([*cmd, "--debug", "analyze", str(bad), "--out", str(tmp_path / "o")],
-                           capture_output=True, text=True, env=CLEAN_ENV)
+                           capture_output=True, text=True, env=environment_without_r())
     assert debug.returncode != 0 and "Traceback" in debug.stderr

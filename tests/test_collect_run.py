@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from animacy.analysis.mixed import environment_without_r
 from animacy.cli import main
 from animacy.run import Run
 from tests.collect_fixtures import torch  # noqa: F401  (skips without torch)
-from tests.conftest import CLEAN_ENV
 
 CONFIG = """
 [study]
@@ -109,7 +109,7 @@ def test_a_small_study_end_to_end(full_run, tmp_path):
 def test_killed_run_resumes_to_identical_tables(config, full_run, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "animacy.cli", "collect", "run", str(config), "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, env=CLEAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=environment_without_r(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = out / "_jobs" / "score-0001.done"
     deadline = time.monotonic() + 300
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -125,9 +125,9 @@ def test_killed_run_resumes_to_identical_tables(config, full_run, tmp_path):
 
 def test_two_shards_make_the_same_run(config, full_run, tmp_path):
     out = tmp_path / "sharded"
-    procs = [subprocess.Popen([sys.executable, "-m", "animacy.cli", "collect", "run", str(config), "--out", str(out),
-                               "--shard", f"{i}/2", "--quiet"], env=CLEAN_ENV, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    cmd = [sys.executable, "-m", "animacy.cli", "collect", "run", str(config), "--out", str(out), "--quiet"]
+    procs = [subprocess.Popen([*cmd, "--shard", f"{i}/2"], env=environment_without_r(), stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import CLEAN_ENV
+from animacy.analysis.mixed import environment_without_r
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torch", "transformers", "vllm", "accelerate", "gguf", "animacy.collect")
@@ -40,7 +40,7 @@ def _module_file(name: str) -> Path | None:
 
 def test_analysis_import_graph_never_reaches_torch_or_collect():
     roots = [f"animacy.analysis.{p.stem}" for p in (REPO / "analysis").glob("*.py")]
-    roots += ["animacy.cli", "animacy.sources"]
+    roots += ["animacy.sources"]
     seen, stack, bad = set(), list(roots), []
     while stack:
         mod = stack.pop()
@@ -58,6 +58,17 @@ def test_analysis_import_graph_never_reaches_torch_or_collect():
     assert len(seen) > 10
 
 
+def test_the_cli_imports_the_collector_only_inside_its_collect_commands():
+    """The dispatcher may reach the collector, but only lazily, from the subcommands that need it."""
+    tree = ast.parse((REPO / "animacy" / "cli.py").read_text())
+    top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and (m.startswith("animacy.collect") or m.split(".")[0] in FORBIDDEN) for m in top)
+    lazy = {f.name for f in tree.body if isinstance(f, ast.FunctionDef)
+            for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("animacy.collect")}
+    assert lazy == {"cmd_collect", "cmd_demo"}
+
+
 def test_simulate_and_analyze_run_with_torch_unimportable(tmp_path):
     """A real process in which importing torch fails, as in an environment without it."""
     code = f"""
@@ -73,5 +84,6 @@ assert main(['analyze', r'{tmp_path / "run"}', '--out', r'{tmp_path / "out"}', '
 assert not any(m.startswith(('torch', 'transformers', 'animacy.collect')) for m in sys.modules)
 print('ok')
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=CLEAN_ENV)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=environment_without_r())
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
