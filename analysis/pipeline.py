@@ -43,6 +43,7 @@ class AnalyzeOptions:
     reference_group: str | None = None
     task: bool = False
     random_slopes: bool = True
+    outcome: str = "mean_log_prob"  # or relative_recovery
     n_boot: int = 1000
     seed: int = 0
     umap: bool = True
@@ -65,7 +66,7 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     roles = run.read("roles")
     steering = {}
     if (means["condition"] == "steered").any():
-        model = SteeringModel(task=options.task, random_slopes=options.random_slopes)
+        model = SteeringModel(outcome=options.outcome, task=options.task, random_slopes=options.random_slopes)
         fit = fit_steering(means, model, options.backend, options.reference_group)
         reference = fit.reference_group
         slopes = role_slopes(means)

@@ -38,6 +38,19 @@ class SteeringModel:
         return " + ".join(parts)
 
 
+def with_relative_recovery(means: pd.DataFrame, guard: float = 0.05) -> pd.DataFrame:
+    """Steered rows with each response's relative recovery over the same tokens,
+    (steered - without) / (with - without); NaN where the response's with - without gap is below
+    `guard` nats (the ratio would explode), so those rows drop out of a model of it."""
+    un = means[means["condition"].isin(["with_prompt", "without_prompt"])].pivot_table(
+        index="response_id", columns="condition", values="mean_log_prob")
+    st = means[means["condition"] == "steered"].join(un, on="response_id")
+    gap = st["with_prompt"] - st["without_prompt"]
+    rr = (st["mean_log_prob"] - st["without_prompt"]) / gap
+    return st.drop(columns=["with_prompt", "without_prompt"]).assign(
+        relative_recovery=rr.where(gap.abs() >= guard))
+
+
 def steered_rows(means: pd.DataFrame, reference_group: str | None = None) -> pd.DataFrame:
     """Steered rows of non-control roles, `group` categorical with the reference level first."""
     df = means[(means["condition"] == "steered") & (means["group"] != CONTROL_GROUP)].copy()
@@ -67,7 +80,9 @@ def fit_steering(
 ) -> SteeringFits:
     """Fit the model for every derivation (reference group: the one given, else the first in order)."""
     model = model or SteeringModel()
-    df = steered_rows(means, reference_group)
+    if model.outcome == "relative_recovery" and "relative_recovery" not in means:
+        means = with_relative_recovery(means)
+    df = steered_rows(means, reference_group).dropna(subset=[model.outcome])
     fixed, variance, fits = [], [], {}
     for d, part in df.groupby("derivation", sort=True):
         fit = fit_mixed(part, model.formula(), backend)

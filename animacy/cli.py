@@ -137,7 +137,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
         run = open_source(a.source, work, a.roles_csv)
         summary = analyze(run, out, AnalyzeOptions(
             first_n=a.first_n, backend=a.backend, reference_group=a.reference_group, task=a.task,
-            random_slopes=not a.no_random_slopes, n_boot=a.n_boot, seed=a.seed, umap=not a.no_umap,
+            random_slopes=not a.no_random_slopes, outcome=a.outcome, n_boot=a.n_boot, seed=a.seed, umap=not a.no_umap,
             label_method=a.label_method, quiet=a.quiet))
     print(f"analysis of {summary['n_responses']:,} responses written to {out}")
     return 0
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference-group", default=None, help="default: the first group in sort order")
     s.add_argument("--task", action="store_true", help="add a crossed (1 | task_id)")
     s.add_argument("--no-random-slopes", action="store_true", help="(1 | role) instead of (magnitude | role)")
+    s.add_argument("--outcome", choices=["mean_log_prob", "relative_recovery"], default="mean_log_prob",
+                   help="the mixed models' outcome: mean log-prob of the first N tokens, or relative recovery")
     s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (roles)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-umap", action="store_true", help="skip UMAP embeddings (PCA only)")
