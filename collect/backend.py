@@ -231,6 +231,19 @@ class TransformersBackend:
         return ScoreResult(out, {layer: torch.cat(v) for layer, v in captured.items()})
 
 
+def pack(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches by token budget: longest first, each batch's padded size
+    (rows x longest row) at most `max_tokens` (a sequence longer than the budget gets a batch alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def _as_list(x) -> list[int]:
     if x is None:
         return []

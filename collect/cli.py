@@ -10,11 +10,13 @@ from animacy.errors import ConfigError
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/n', or SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT, or the whole study."""
+    """'i/n'; else, in a SLURM job array, the task's place in it (id - min of count); else the whole study."""
     import os
 
-    if text is None and "SLURM_ARRAY_TASK_ID" in os.environ:
-        text = f"{os.environ['SLURM_ARRAY_TASK_ID']}/{os.environ.get('SLURM_ARRAY_TASK_COUNT', '1')}"
+    env = os.environ
+    if text is None and "SLURM_ARRAY_TASK_ID" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        text = f"{int(env['SLURM_ARRAY_TASK_ID']) - first}/{env.get('SLURM_ARRAY_TASK_COUNT', '1')}"
     if text is None:
         return 0, 1
     try:

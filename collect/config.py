@@ -14,8 +14,10 @@ tasks = ["What are your five favorite things?", "Describe your typical day."]
 [model]
 source = "smollm2"                 # or a local folder, or a hub id
 revision = ""                      # hub revision (commit) to pin
-dtype = "float32"
-device = "cpu"
+dtype = "float32"                  # bfloat16 on a GPU
+device = "cpu"                     # or "cuda"
+generator = "transformers"         # or "vllm" (GPU; scoring stays on transformers)
+max_batch_tokens = 4096            # scoring batches packed to this many (padded) tokens; raise on a GPU
 
 [roles]
 table = "data/roles_demo.csv"      # a roles CSV with ratings, or the norms workbook
@@ -58,6 +60,7 @@ from animacy.schema import DERIVATIONS
 
 MODES = ("all", "prompt", "response")
 UNITS = ("relative", "absolute")
+GENERATORS = ("transformers", "vllm")
 
 
 @dataclass
@@ -82,6 +85,8 @@ class StudyConfig:
     model_revision: str | None
     dtype: str
     device: str
+    generator: str
+    max_batch_tokens: int
     roles_table: str | None
     roles_list: list[dict] | None
     per_group: int | None
@@ -160,6 +165,8 @@ def load_config(path: str | Path) -> StudyConfig:
         model_revision=_get(mo, "revision", str, p, "model", "") or None,
         dtype=_get(mo, "dtype", str, p, "model", "float32"),
         device=_get(mo, "device", str, p, "model", "cpu"),
+        generator=_get(mo, "generator", str, p, "model", "transformers"),
+        max_batch_tokens=_get(mo, "max_batch_tokens", int, p, "model", 4096),
         roles_table=_get(ro, "table", str, p, "roles", None),
         roles_list=_get(ro, "list", list, p, "roles", None),
         per_group=_get(ro, "per_group", int, p, "roles", None),
@@ -209,5 +216,7 @@ def _check(c: StudyConfig) -> None:
         raise ConfigError(p, f"steer.position_mode must be one of {', '.join(MODES)}", column="steer.position_mode")
     if (c.magnitudes or c.cap_taus) and not c.steer_layers:
         raise ConfigError(p, "steer.magnitudes or cap_taus are set but steer.layers is empty", column="steer.layers")
+    if c.generator not in GENERATORS:
+        raise ConfigError(p, f"model.generator must be one of {', '.join(GENERATORS)}", column="model.generator")
     if c.temperature < 0:
         raise ConfigError(p, "study.temperature must be >= 0", column="study.temperature")

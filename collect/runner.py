@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,11 @@ import torch
 
 from animacy.atomic import write_json, write_parquet
 from animacy.collect import vectors as vec
-from animacy.collect.backend import Intervention, TransformersBackend
+from animacy.collect.backend import Intervention, TransformersBackend, pack
 from animacy.collect.config import StudyConfig
 from animacy.collect.model import LoadedModel, load_model
 from animacy.collect.prompts import Prompt, render_prompt, system_text
+from animacy.collect.vllm_backend import Sampling, VLLMBackend
 from animacy.errors import ConfigError
 from animacy.progress import progress
 from animacy.provenance import config_hash, provenance
@@ -41,7 +42,6 @@ NO_PROMPT_ROLE = "(no system prompt)"
 NO_PROMPT_GROUP = "No prompt"
 REDUCTIONS_WITH = ("mean_response", "mean_first_10", "role_word", "period", "last_token")
 REDUCTIONS_WITHOUT = ("mean_response", "mean_first_10", "last_token")
-BATCH = 8  # sequences per scoring forward pass
 
 
 def study_roles(cfg: StudyConfig) -> pd.DataFrame:
@@ -101,6 +101,7 @@ class Runner:
         self.after_job = after_job
         self.roles = study_roles(cfg)
         self._lm: LoadedModel | None = None
+        self._vllm: VLLMBackend | None = None
 
     # ---- plumbing -------------------------------------------------------------------------------
     @property
@@ -167,21 +168,33 @@ class Runner:
                 "capture": self.cfg.capture_layers, "steer": self.cfg.steer_layers},
             "seeds": {"study": self.cfg.seed, "per_response": "sha256(seed|role|task|replicate)[:8]"},
             "no_prompt": self.cfg.no_prompt, "magnitude_units": self.cfg.units,
+            "generation": {"generator": self.cfg.generator, "sampling": asdict(self.sampling)},
             "layer_norms": json.loads(norms_path.read_text()) if norms_path.exists() else None,
             "shards_done": shards, "provenance": provenance(),
         }, self.out / MANIFEST)
 
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.cfg.temperature, max_tokens=self.cfg.max_new_tokens)
+
+    def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list:
+        """One response per (prompt, seed): with vLLM in one batch, else one at a time (per-response seeds)."""
+        if self.cfg.generator == "vllm":
+            if self._vllm is None:
+                self._vllm = VLLMBackend(self.lm.info["source"], self.cfg.dtype)
+            return self._vllm.generate_many(prompts, seeds, self.sampling)
+        s = self.sampling
+        return [self.backend.generate(p, s.max_tokens, s.temperature, seed, s.top_p) for p, seed in zip(prompts, seeds)]
+
     def generate(self, job: Job) -> None:
         role = self.roles.iloc[job.index]["role"]
-        rows = []
-        for t in range(len(self.cfg.tasks)):
-            prompt = self._prompt(role, t, True)
-            for r in range(self.cfg.replicates):
-                seed = response_seed(self.cfg.seed, role, t, r)
-                g = self.backend.generate(prompt.ids, self.cfg.max_new_tokens, self.cfg.temperature, seed)
-                rows.append({"response_id": response_id(role, t, r), "role": role, "task_id": f"t{t:02d}",
-                             "replicate": r, "seed": seed, "text": g.text, "n_tokens": len(g.ids),
-                             "finish_reason": g.finish_reason, "token_ids": g.ids})
+        cells = [(t, r) for t in range(len(self.cfg.tasks)) for r in range(self.cfg.replicates)]
+        prompts = {t: self._prompt(role, t, True).ids for t in range(len(self.cfg.tasks))}
+        seeds = [response_seed(self.cfg.seed, role, t, r) for t, r in cells]
+        gens = self._generate([prompts[t] for t, _ in cells], seeds)
+        rows = [{"response_id": response_id(role, t, r), "role": role, "task_id": f"t{t:02d}", "replicate": r,
+                 "seed": seed, "text": g.text, "n_tokens": len(g.ids), "finish_reason": g.finish_reason,
+                 "token_ids": g.ids} for (t, r), seed, g in zip(cells, seeds, gens)]
         self._part("responses", job, pd.DataFrame(rows).astype({"seed": "int64"}))
         self._mark(job, {"responses": len(rows)})
 
@@ -198,11 +211,10 @@ class Runner:
         norm_sum = {layer: 0.0 for layer in self.cfg.capture_layers}
         norm_n = 0
         for cond, with_sys in (("with_prompt", True), ("without_prompt", False)):
-            items = [(row, self._prompt(role, int(row.task_id[1:]), with_sys)) for row in resp.itertuples()]
-            for s in range(0, len(items), BATCH):
-                chunk = [(row, p) for row, p in items[s:s + BATCH] if len(row.token_ids)]
-                if not chunk:
-                    continue
+            items = [(row, self._prompt(role, int(row.task_id[1:]), with_sys)) for row in resp.itertuples()
+                     if len(row.token_ids)]
+            for batch in pack([len(p.ids) + len(r.token_ids) for r, p in items], self.cfg.max_batch_tokens):
+                chunk = [items[i] for i in batch]
                 res = self.backend.score_batch([p.ids for _, p in chunk], [list(r.token_ids) for r, _ in chunk],
                                                capture=self.cfg.capture_layers)
                 for b, (row, p) in enumerate(chunk):

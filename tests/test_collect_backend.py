@@ -95,3 +95,14 @@ def test_relative_layer_scale_multiplies_the_coefficients(smollm2, backend):
     a = backend.score(p.ids, ids, Intervention("add", {10: v}, torch.tensor([0.5]), layer_scale={10: 4.0}))
     b = backend.score(p.ids, ids, Intervention("add", {10: v}, torch.tensor([2.0])))
     torch.testing.assert_close(a.log_probs, b.log_probs)
+
+
+def test_token_budget_packing():
+    from animacy.collect.backend import pack
+
+    lengths = [50, 10, 40, 10, 200, 30]
+    batches = pack(lengths, 100)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in batches if len(b) > 1)
+    assert [4] in batches  # longer than the budget: alone
+    assert pack(lengths, 10_000) == [[4, 0, 2, 5, 1, 3]]

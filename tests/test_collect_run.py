@@ -162,3 +162,18 @@ def test_plan_counts_jobs_and_estimates_time(config, capsys):
     assert info["jobs"] == 2 * 4 + 1 + 2 * 2
     assert info["measured_scoring_tokens_per_s"] > 0 and info["estimated_minutes"] > 0
     assert "estimated_minutes" in capsys.readouterr().out
+
+
+def test_shard_from_the_command_line_or_a_slurm_array(monkeypatch):
+    from animacy.collect.cli import parse_shard
+    from animacy.errors import ConfigError
+
+    assert parse_shard("2/4") == (2, 4)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "13")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "10")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    assert parse_shard(None) == (3, 4)
+    assert parse_shard("0/2") == (0, 2)
+    for bad in ("4/4", "x/2", "3"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad)

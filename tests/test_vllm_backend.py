@@ -1,0 +1,118 @@
+"""The vLLM backend against a stand-in with vLLM's documented interface (vLLM itself needs a GPU and its
+own environment): request building (the scorer's prompt ids, a seed per request, every knob explicit),
+output parsing, prompt-logprob parsing, and the runner generating through it."""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+
+from animacy.collect.vllm_backend import Sampling, VLLMBackend
+from tests.collect_fixtures import torch  # noqa: F401  (skips without torch)
+
+KNOBS = {"n", "seed", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+         "frequency_penalty", "max_tokens", "skip_special_tokens"}
+
+
+@dataclass
+class Logprob:
+    logprob: float
+
+
+class FakeVLLM(types.ModuleType):
+    """`vllm` as its docs describe it: SamplingParams(**knobs), LLM(model=...).generate(prompts,
+    sampling_params=[...]) -> [RequestOutput(outputs=[CompletionOutput(token_ids, text, finish_reason)],
+    prompt_logprobs=[None, {token_id: Logprob}, ...])]."""
+
+    def __init__(self) -> None:
+        super().__init__("vllm")
+        self.calls: list = []
+        self.init_kwargs: dict = {}
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **kw):
+                self.kw = kw
+
+        class LLM:
+            def __init__(self, **kw):
+                fake.init_kwargs = kw
+
+            def generate(self, prompts, sampling_params, use_tqdm=True):
+                fake.calls.append((prompts, sampling_params))
+                outs = []
+                for p, sp in zip(prompts, sampling_params):
+                    ids = p["prompt_token_ids"]
+                    n = min(sp.kw["max_tokens"], 3 + sp.kw["seed"] % 4)
+                    toks = [(sp.kw["seed"] + k) % 400 + 20 for k in range(n)]
+                    done = "length" if n == sp.kw["max_tokens"] else "stop"
+                    plp = None
+                    if sp.kw.get("prompt_logprobs") == 0:
+                        plp = [None] + [{t: Logprob(-0.01 * (i + 1)), t + 1: Logprob(-9.0)}
+                                        for i, t in enumerate(ids[1:])]
+                    outs.append(types.SimpleNamespace(
+                        outputs=[types.SimpleNamespace(token_ids=toks, text=f"text {toks[0]}", finish_reason=done)],
+                        prompt_logprobs=plp))
+                return outs
+
+        self.SamplingParams, self.LLM = SamplingParams, LLM
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    mod = FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    return mod
+
+
+def test_requests_carry_the_scorer_ids_a_seed_each_and_every_knob(fake_vllm):
+    be = VLLMBackend("/models/x", dtype="bfloat16")
+    assert fake_vllm.init_kwargs["model"] == "/models/x" and fake_vllm.init_kwargs["enable_prefix_caching"]
+    prompts = [[1, 5, 9], [1, 5, 9], [1, 7]]
+    gens = be.generate_many(prompts, [11, 12, 13], Sampling(0.7, max_tokens=5))
+    sent, params = fake_vllm.calls[0]
+    assert [p["prompt_token_ids"] for p in sent] == prompts
+    assert [sp.kw["seed"] for sp in params] == [11, 12, 13]
+    assert all(set(sp.kw) == KNOBS for sp in params) and params[0].kw["temperature"] == 0.7
+    assert [len(g.ids) for g in gens] == [min(5, 3 + s % 4) for s in (11, 12, 13)]
+    assert gens[0].finish_reason == "length" and gens[1].finish_reason == "stop"
+    assert gens[2].text == f"text {gens[2].ids[0]}"
+
+
+def test_prompt_logprobs_pick_the_continuation_tokens(fake_vllm):
+    be = VLLMBackend("/m")
+    lp = be.prompt_logprobs([1, 2, 3], [4, 5])
+    assert lp.tolist() == pytest.approx([-0.03, -0.04])
+    _, params = fake_vllm.calls[0]
+    assert params[0].kw["prompt_logprobs"] == 0 and params[0].kw["max_tokens"] == 1
+
+
+def test_a_missing_vllm_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    from animacy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vLLM is not installed"):
+        VLLMBackend("/m")
+
+
+def test_the_runner_generates_through_vllm_and_scores_with_transformers(fake_vllm, smollm2, tmp_path):
+    from animacy.collect.config import load_config
+    from animacy.collect.runner import Runner
+    from animacy.run import Run
+    from tests.test_collect_run import CONFIG
+
+    cfg_path = tmp_path / "v.toml"
+    cfg_path.write_text(CONFIG.replace('source = "smollm2"', 'source = "smollm2"\ngenerator = "vllm"')
+                        .replace("magnitudes = [0.0, 0.1]", "magnitudes = []").replace("cap_taus = [0.05]", "")
+                        .replace('[word_guess]\nprompt = "Which word describes you? One word."', ""))
+    run = Runner(load_config(cfg_path), tmp_path / "run", quiet=True).run()
+    r = Run(run)
+    r.validate()
+    resp = r.read("responses")
+    assert len(fake_vllm.calls) == 4  # one batched call per role (2 roles, a control, the no-prompt pass)
+    assert (resp["n_tokens"] == resp["token_ids"].map(len)).all()
+    assert r.manifest["generation"]["generator"] == "vllm"
+    assert set(r.manifest["generation"]["sampling"]) >= {"temperature", "top_p", "top_k", "max_tokens"}
