@@ -1,9 +1,10 @@
-"""One backend interface for the collector, and its transformers implementation.
+"""The collector's backend interface, and its transformers implementation.
 
-`Backend` is what the runner needs: generate responses (seeded per response), teacher-force given
-continuations and return per-token log-probs (optionally while steering or capping, several
-coefficients in one pass), and reduce residual activations. `TransformersBackend` runs on CPU or CUDA;
-a vLLM backend (GPU) implements `generate` behind the same interface.
+What the runner needs is split in two protocols: `Generator` (responses, seeded per response) and
+`Scorer` (teacher-forced per-token log-probs of given continuations, optionally while steering or
+capping with several coefficients in one pass, and residual activations to reduce).
+`TransformersBackend` implements both, on CPU or CUDA; `VLLMBackend` (collect/vllm_backend.py)
+implements `Generator` on GPUs.
 
 Traps handled here: continuations are scored as the exact generated ids (never re-tokenized text);
 batches are right-padded so positions are 0..L-1 for every row; log-probs are computed in fp32 for the
@@ -54,12 +55,17 @@ class Intervention:
     layer_scale: dict[int, float] | None = None
 
 
-class Backend(Protocol):
+class Generator(Protocol):
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int,
                  top_p: float = 1.0) -> Generation: ...
 
+
+class Scorer(Protocol):
     def score(self, prompt_ids: Sequence[int], continuation: Sequence[int],
               intervention: Intervention | None = None, capture: Sequence[int] = ()) -> ScoreResult: ...
+
+    def score_batch(self, prompts: list[list[int]], continuations: list[list[int]],
+                    intervention: Intervention | None = None, capture: Sequence[int] = ()) -> ScoreResult: ...
 
 
 @dataclass
