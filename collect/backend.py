@@ -105,6 +105,44 @@ class TransformersBackend:
         return Generation(gen, self.tokenizer.decode(gen, skip_special_tokens=True),
                           "stop" if stop is not None else "length")
 
+    @torch.inference_mode()
+    def generate_many(self, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
+                      top_p: float = 1.0) -> list[Generation]:
+        """Sample a batch of responses (left-padded, with a KV cache), each row from its own seeded
+        generator, so a response depends on its seed, not on its batch's other rows (bar rare float
+        near-ties between differently padded batches)."""
+        B, P = len(prompts), max(map(len, prompts))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((B, P), pad, dtype=torch.long, device=self.device)
+        mask = torch.zeros((B, P), dtype=torch.long, device=self.device)
+        for b, p in enumerate(prompts):
+            ids[b, P - len(p):] = torch.tensor(p, device=self.device)
+            mask[b, P - len(p):] = 1
+        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        cache, step_ids = None, ids
+        for _ in range(max_new_tokens):
+            pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
+            res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+            cache = getattr(res, "cache", None) or res.past_key_values
+            logits = res.logits[:, -1].float()
+            nxt = torch.empty(B, dtype=torch.long, device=self.device)
+            for b in range(B):
+                nxt[b] = _sample(logits[b], temperature, top_p, gens[b])
+            for b in range(B):
+                if not done[b]:
+                    if int(nxt[b]) in self.eos:
+                        done[b] = True
+                    else:
+                        out[b].append(int(nxt[b]))
+            if bool(done.all()):
+                break
+            step_ids = torch.where(done, torch.full_like(nxt, pad), nxt)[:, None]
+            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+        return [Generation(o, self.tokenizer.decode(o, skip_special_tokens=True), "stop" if d else "length")
+                for o, d in zip(out, done.tolist())]
+
     def _log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """log p(target) from final hidden states [N, H]: fp32 logits chunk by chunk, target only."""
         head = self.model.get_output_embeddings()
@@ -235,6 +273,18 @@ class TransformersBackend:
         k = torch.tensor(cont_idx, device=self.device)
         out[r, k] = self._log_probs(hidden[r, t], ids[r, t + 1])
         return ScoreResult(out, {layer: torch.cat(v) for layer, v in captured.items()})
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    """One token from one row's logits: greedy at temperature 0, else nucleus sampling with `gen`."""
+    if temperature <= 0:
+        return logits.argmax()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return torch.multinomial(probs, 1, generator=gen)[0]
 
 
 def pack(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

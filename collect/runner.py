@@ -168,7 +168,8 @@ class Runner:
                 "capture": self.cfg.capture_layers, "steer": self.cfg.steer_layers},
             "seeds": {"study": self.cfg.seed, "per_response": "sha256(seed|role|task|replicate)[:8]"},
             "no_prompt": self.cfg.no_prompt, "magnitude_units": self.cfg.units,
-            "generation": {"generator": self.cfg.generator, "sampling": asdict(self.sampling)},
+            "generation": {"generator": self.cfg.generator, "batch": self.cfg.generation_batch,
+                           "sampling": asdict(self.sampling)},
             "layer_norms": json.loads(norms_path.read_text()) if norms_path.exists() else None,
             "shards_done": shards, "provenance": provenance(),
         }, self.out / MANIFEST)
@@ -183,7 +184,10 @@ class Runner:
             if self._vllm is None:
                 self._vllm = VLLMBackend(self.lm.info["source"], self.cfg.dtype)
             return self._vllm.generate_many(prompts, seeds, self.sampling)
-        s = self.sampling
+        s, k = self.sampling, self.cfg.generation_batch
+        if k > 1:
+            return [g for i in range(0, len(prompts), k) for g in self.backend.generate_many(
+                prompts[i:i + k], seeds[i:i + k], s.max_tokens, s.temperature, s.top_p)]
         return [self.backend.generate(p, s.max_tokens, s.temperature, seed, s.top_p) for p, seed in zip(prompts, seeds)]
 
     def generate(self, job: Job) -> None:

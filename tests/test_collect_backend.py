@@ -106,3 +106,16 @@ def test_token_budget_packing():
     assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in batches if len(b) > 1)
     assert [4] in batches  # longer than the budget: alone
     assert pack(lengths, 10_000) == [[4, 0, 2, 5, 1, 3]]
+
+
+def test_batched_generation_is_seeded_per_response(smollm2, backend):
+    tok = smollm2.tokenizer
+    prompts = [render_prompt(tok, q, system_text("You are {article} {role}.", r), r).ids
+               for q, r in [(USER, "sock"), ("Describe your day.", "lawyer"), ("Hi!", "oak")]]
+    greedy = backend.generate_many(prompts, [1, 2, 3], 12, 0.0)
+    assert [g.ids for g in greedy] == [backend.generate(p, 12, 0.0, 0).ids for p in prompts]
+    a = backend.generate_many(prompts, [1, 2, 3], 12, 0.8)
+    b = backend.generate_many(prompts[::-1], [3, 2, 1], 12, 0.8)[::-1]
+    assert [g.ids for g in a] == [g.ids for g in b], "a response depends on its seed, not its batch"
+    c = backend.generate_many(prompts, [4, 5, 6], 12, 0.8)
+    assert [g.ids for g in a] != [g.ids for g in c]
