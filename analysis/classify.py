@@ -14,10 +14,10 @@ from animacy.analysis.judge import Judge
 from animacy.analysis.rules import classify_rules
 from animacy.atomic import write_parquet
 from animacy.errors import ConfigError, DataError
+from animacy.resources import HAND_LABELS
 from animacy.run import Run, table_path
 from animacy.schema import LABELS
 
-HAND_LABELS = Path(__file__).resolve().parents[1] / "data" / "labels" / "hand_labels.csv"
 METHODS = ("rules", "judge", "trained")
 
 

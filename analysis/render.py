@@ -16,8 +16,8 @@ from pathlib import Path
 
 from animacy.atomic import atomic_path
 from animacy.errors import ConfigError
+from animacy.resources import REPORT_SOURCE
 
-REPORT = Path(__file__).resolve().parents[1] / "report" / "report.qmd"
 _CELL = re.compile(r"```\{python\}\n(.*?)```", re.S)
 # scripts or stylesheets from the network, and inline scripts that would import from it (mermaid)
 _REMOTE = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>|"
@@ -65,8 +65,8 @@ def render(run: str | Path, out: str | Path, params: dict | None = None, engine:
     if quarto and engine in ("auto", "quarto"):
         work = out / "_quarto"
         work.mkdir(exist_ok=True)
-        shutil.copy(REPORT, work / "report.qmd")
-        shutil.copy(REPORT.with_name("_quarto.yml"), work / "_quarto.yml")
+        shutil.copy(REPORT_SOURCE, work / "report.qmd")
+        shutil.copy(REPORT_SOURCE.with_name("_quarto.yml"), work / "_quarto.yml")
         args = [quarto, "render", str(work / "report.qmd"), "--to", "html"]
         for k, v in params.items():
             args += ["-P", f"{k}:{v}"]
@@ -77,7 +77,7 @@ def render(run: str | Path, out: str | Path, params: dict | None = None, engine:
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
 
-    nb = qmd_to_notebook(REPORT.read_text(), params)
+    nb = qmd_to_notebook(REPORT_SOURCE.read_text(), params)
     from animacy.analysis.mixed import environment_without_r
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out)}})

@@ -10,8 +10,6 @@ from pathlib import Path
 
 from animacy.errors import ConfigError, DataError
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "data" / "demo.toml"
-
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -91,6 +89,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from animacy.analysis.classify import label_run
     from animacy.analysis.render import render
     from animacy.collect import cli as collect_cli
+    from animacy.resources import DEMO_CONFIG
     from animacy.run import Run
 
     t = time.perf_counter()

@@ -16,8 +16,6 @@ import pandas as pd
 from animacy.errors import DataError
 from animacy.schema import CONTROL_GROUP
 
-DEMO_ROLES = Path(__file__).resolve().parents[1] / "data" / "roles_demo.csv"
-
 # VanArsdall & Blunt (2022) workbook, sheet "Words"
 _WORKBOOK_NAMES = {
     "Word": "role", "Category": "category", "Living": "living", "Thought": "thought", "Repro": "repro",

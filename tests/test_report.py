@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from animacy.analysis.render import REPORT, qmd_to_notebook, render
+from animacy.analysis.render import qmd_to_notebook, render
 from animacy.analysis.simulate import SimConfig, simulate
+from animacy.resources import REPORT_SOURCE
 from animacy.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ CHARTS = "svg.marks, canvas.marks, img[src^='data:image/svg+xml'], img[src^='dat
 
 
 def test_qmd_becomes_a_notebook_with_injected_parameters():
-    nb = qmd_to_notebook(REPORT.read_text(), {"run": "/x/run", "n_boot": 7})
+    nb = qmd_to_notebook(REPORT_SOURCE.read_text(), {"run": "/x/run", "n_boot": 7})
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     k = next(i for i, c in enumerate(code) if "tags: [parameters]" in c)
     assert code[k + 1] == "run = '/x/run'\nn_boot = 7"

@@ -1,0 +1,404 @@
+"""lme4's criteria in numpy/scipy: the profiled (RE)ML deviance of a linear mixed model and the Laplace
+deviance of a binomial GLMM (what `lmer` and `glmer(nAGQ = 1)` optimise), for any random-effects
+structure the formula module builds (crossed, nested, correlated slopes, `||`).
+
+The notation is that of Bates et al. (2015, J. Stat. Softw. 67(1)): random effects b = Λθ u with
+u ~ N(0, σ²I); Λθ is block diagonal, one lower-triangular k×k block per level of each term; θ holds the
+blocks' lower triangles, with the diagonal bounded below by 0.
+
+- Gaussian: for a given θ, β and u solve the penalised least-squares problem exactly (sparse Cholesky-
+  like factor of Λ'Z'ZΛ + I via SuperLU, or dense Cholesky when it is small); the deviance is profiled
+  over β and σ, so only θ is optimised.
+- Binomial (logit): for given (θ, β), penalised IRLS finds the conditional mode of u; the Laplace
+  deviance is −2 log p(y | u) + ‖u‖² + log|Λ'Z'WZΛ + I|. As glmer does, a first stage optimises θ with β
+  inside PIRLS, and a second optimises (θ, β) together on the Laplace deviance. Standard errors come from
+  the inverse Hessian of that deviance over (θ, β) (glmer's default, `use.hessian = TRUE`).
+
+Every fit runs two optimizers (L-BFGS-B and bounded Nelder–Mead) and keeps the best criterion, then
+checks the gradient and Hessian at the optimum (lme4's checks, the same tolerances) and flags boundary
+(singular) fits and near separation. Any failed check makes `converged` false, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy import linalg, optimize
+from scipy.sparse.linalg import splu
+from scipy.special import expit, gammaln
+
+from animacy.analysis.formula import Design
+
+DENSE_MAX = 1500  # factor Λ'Z'ZΛ + I densely up to this many random effects
+SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of θ
+GRAD_TOL = 2e-3  # lme4's check.conv.grad tolerance (on the Hessian-scaled gradient)
+SEPARATION = 10.0  # |coefficient| on the logit scale of rescaled predictors that means near separation
+
+
+@dataclass
+class EngineFit:
+    """Estimates on the design's (rescaled) variables."""
+
+    beta: np.ndarray
+    vcov: np.ndarray
+    theta: np.ndarray
+    sigma2: float  # residual variance (1 for binomial)
+    covariances: list[np.ndarray]  # per random term, k×k (in units of the response)
+    modes: list[np.ndarray]  # per random term, levels × k conditional modes b
+    criterion: float  # -2 log-likelihood (REML criterion for a REML fit)
+    optimizer: str
+    converged: bool
+    messages: list[str] = field(default_factory=list)
+    tried: dict[str, float] = field(default_factory=dict)
+
+
+class _Structure:
+    """Z, and Λθ's sparsity pattern with where each θ goes."""
+
+    def __init__(self, d: Design):
+        blocks, rows, cols, tidx, lower = [], [], [], [], []
+        self.terms = []  # (offset, levels, k, first theta index)
+        off, t0 = 0, 0
+        n = d.n
+        for Xr, codes, lev in zip(d.random_X, d.codes, d.levels):
+            L, k = len(lev), Xr.shape[1]
+            r = np.repeat(np.arange(n), k)
+            c = off + (codes[:, None] * k + np.arange(k)[None, :]).ravel()
+            blocks.append((Xr.ravel(), r, c))
+            tri = [(i, j) for j in range(k) for i in range(j, k)]  # column-major lower triangle, as lme4
+            for p, (i, j) in enumerate(tri):
+                rows.append(off + np.arange(L) * k + i)
+                cols.append(off + np.arange(L) * k + j)
+                tidx.append(np.full(L, t0 + p))
+                lower.append(0.0 if i == j else -np.inf)
+            self.terms.append((off, L, k, t0))
+            off += L * k
+            t0 += len(tri)
+        self.q = off
+        data = np.concatenate([b[0] for b in blocks])
+        self.Z = sp.csc_matrix((data, (np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks]))),
+                               shape=(n, self.q))
+        self.lam_rows, self.lam_cols = np.concatenate(rows), np.concatenate(cols)
+        self.lam_theta = np.concatenate(tidx)
+        self.lower = np.array(lower)
+        self.theta0 = np.where(np.isfinite(self.lower), 1.0, 0.0)
+
+    def Lambda(self, theta: np.ndarray) -> sp.csc_matrix:
+        return sp.csc_matrix((theta[self.lam_theta], (self.lam_rows, self.lam_cols)), shape=(self.q, self.q))
+
+    def blocks(self, theta: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for off, _, k, t0 in self.terms:
+            T = np.zeros((k, k))
+            for p, (i, j) in enumerate((i, j) for j in range(k) for i in range(j, k)):
+                T[i, j] = theta[t0 + p]
+            out.append(T)
+        return out
+
+    def diagonal(self) -> np.ndarray:
+        return np.isfinite(self.lower)
+
+
+class _Factor:
+    """A factorisation of a symmetric positive definite matrix: solve and log-determinant."""
+
+    def __init__(self, A: sp.spmatrix):
+        if A.shape[0] <= DENSE_MAX:
+            dense = A.toarray()
+            self._c = linalg.cho_factor(dense, lower=True, check_finite=False)
+            self.logdet = 2.0 * float(np.log(np.diag(self._c[0])).sum())
+            self._lu = None
+        else:
+            self._lu = splu(sp.csc_matrix(A), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                            options={"SymmetricMode": True})
+            self.logdet = float(np.log(np.abs(self._lu.U.diagonal())).sum())
+
+    def solve(self, B: np.ndarray) -> np.ndarray:
+        if self._lu is None:
+            return linalg.cho_solve(self._c, B, check_finite=False)
+        return self._lu.solve(np.asarray(B, dtype=float))
+
+
+# --------------------------------------------------------------------------------------------- gaussian
+
+
+class _Gaussian:
+    def __init__(self, d: Design, s: _Structure, reml: bool):
+        self.d, self.s, self.reml = d, s, reml
+        Z, X, y = s.Z, d.X, d.y
+        self.ZtZ = (Z.T @ Z).tocsc()
+        self.ZtX = np.asarray(Z.T @ X)
+        self.Zty = np.asarray(Z.T @ y)
+        self.XtX, self.Xty = X.T @ X, X.T @ y
+        self.n, self.p = X.shape
+
+    def solve(self, theta: np.ndarray):
+        s = self.s
+        Lam = s.Lambda(theta)
+        A = (Lam.T @ self.ZtZ @ Lam + sp.identity(s.q, format="csc")).tocsc()
+        fac = _Factor(A)
+        LZX, LZy = np.asarray(Lam.T @ self.ZtX), np.asarray(Lam.T @ self.Zty)
+        S = fac.solve(np.column_stack([LZX, LZy]))
+        SX, Sy = S[:, : self.p], S[:, self.p]
+        RXtRX = self.XtX - LZX.T @ SX
+        beta = linalg.solve(RXtRX, self.Xty - LZX.T @ Sy, assume_a="pos")
+        u = Sy - SX @ beta
+        b = Lam @ u
+        r = self.d.y - self.d.X @ beta - self.s.Z @ b
+        prss = float(r @ r + u @ u)
+        return fac, RXtRX, beta, u, b, prss
+
+    def deviance(self, theta: np.ndarray) -> float:
+        try:
+            fac, RXtRX, _, _, _, prss = self.solve(theta)
+        except (linalg.LinAlgError, RuntimeError, ValueError):
+            return np.inf
+        n, p = self.n, self.p
+        if self.reml:
+            sign, logdet_x = np.linalg.slogdet(RXtRX)
+            return fac.logdet + logdet_x + (n - p) * (1 + np.log(2 * np.pi * prss / (n - p)))
+        return fac.logdet + n * (1 + np.log(2 * np.pi * prss / n))
+
+
+def fit_gaussian(d: Design, reml: bool = True) -> EngineFit:
+    s = _Structure(d)
+    g = _Gaussian(d, s, reml)
+    theta, crit, optimizer, tried = _minimize(g.deviance, s.theta0, s.lower)
+    fac, RXtRX, beta, u, b, prss = g.solve(theta)
+    sigma2 = prss / (g.n - g.p if reml else g.n)
+    vcov = sigma2 * linalg.inv(RXtRX)
+    messages = _checks(g.deviance, theta, s.lower, len(theta))
+    covs = [sigma2 * T @ T.T for T in s.blocks(theta)]
+    messages += _singular(s, theta, d)
+    return EngineFit(beta, vcov, theta, sigma2, covs, _modes(s, b), crit, optimizer, not messages, messages, tried)
+
+
+# --------------------------------------------------------------------------------------------- binomial
+
+
+class _Binomial:
+    def __init__(self, d: Design, s: _Structure):
+        self.d, self.s = d, s
+        self.k, self.m = d.y, d.trials
+        self.const = float(np.sum(gammaln(self.m + 1) - gammaln(self.k + 1) - gammaln(self.m - self.k + 1)))
+        self.u = np.zeros(s.q)
+        self.beta_joint = np.zeros(d.X.shape[1])
+
+    def _loglik(self, eta: np.ndarray) -> float:
+        # k log mu + (m - k) log(1 - mu), stably: k*eta - m*log(1 + e^eta)
+        return float(np.sum(self.k * eta - self.m * np.logaddexp(0.0, eta))) + self.const
+
+    def pirls(self, theta: np.ndarray, beta: np.ndarray | None, tol: float = 1e-11, max_iter: int = 60):
+        """Conditional mode of u (and of β too when `beta` is None: the first stage). Returns
+        (laplace deviance, u, beta, factor of Λ'Z'WZΛ + I, W)."""
+        s, X = self.s, self.d.X
+        Lam = s.Lambda(theta)
+        ZL = (s.Z @ Lam).tocsc()
+        joint = beta is None
+        u = self.u.copy()
+        b = self.beta_joint.copy() if joint else np.asarray(beta, float)
+
+        def pdev(u_, b_):
+            eta = X @ b_ + ZL @ u_
+            return -2 * self._loglik(eta) + float(u_ @ u_), eta
+
+        cur, eta = pdev(u, b)
+        for _ in range(max_iter):
+            mu = expit(eta)
+            w = self.m * mu * (1 - mu)
+            resid = self.k - self.m * mu
+            ZLw = ZL.multiply(w[:, None]).tocsc()
+            A = (ZL.T @ ZLw + sp.identity(s.q, format="csc")).tocsc()
+            gu = np.asarray(ZL.T @ resid) - u
+            fac = _Factor(A)
+            if joint:
+                XtWZL = np.asarray((ZLw.T @ X)).T  # p x q
+                XtWX = X.T @ (X * w[:, None])
+                gb = X.T @ resid
+                AinvZX = fac.solve(XtWZL.T)
+                Sch = XtWX - XtWZL @ AinvZX
+                Ainvg = fac.solve(gu)
+                db = linalg.solve(Sch, gb - XtWZL @ Ainvg, assume_a="pos")
+                du = Ainvg - AinvZX @ db
+            else:
+                du, db = fac.solve(gu), np.zeros_like(b)
+            step = 1.0
+            for _ in range(30):
+                new, eta_new = pdev(u + step * du, b + step * db)
+                if new <= cur + 1e-12 * abs(cur):
+                    break
+                step /= 2
+            u, b = u + step * du, b + step * db
+            done = abs(cur - new) < tol * (abs(new) + 1) and np.max(np.abs(step * du)) < 1e-7
+            cur, eta = new, eta_new
+            if done:
+                break
+        mu = expit(eta)
+        w = self.m * mu * (1 - mu)
+        ZLw = ZL.multiply(w[:, None]).tocsc()
+        fac = _Factor((ZL.T @ ZLw + sp.identity(s.q, format="csc")).tocsc())
+        if np.all(np.isfinite(u)):
+            self.u = u  # warm start for the next evaluation (as lme4 does)
+            if joint:
+                self.beta_joint = b
+        return cur + fac.logdet, u, b, fac, w, Lam
+
+    def stage1(self, theta: np.ndarray) -> float:
+        try:
+            return self.pirls(theta, None)[0]
+        except (linalg.LinAlgError, RuntimeError, ValueError, FloatingPointError):
+            return np.inf
+
+    def laplace(self, params: np.ndarray, nt: int) -> float:
+        try:
+            return self.pirls(params[:nt], params[nt:])[0]
+        except (linalg.LinAlgError, RuntimeError, ValueError, FloatingPointError):
+            return np.inf
+
+
+def fit_binomial(d: Design) -> EngineFit:
+    s = _Structure(d)
+    g = _Binomial(d, s)
+    nt = len(s.theta0)
+    with np.errstate(over="ignore", under="ignore"):
+        theta1, _, _, _ = _minimize(g.stage1, s.theta0, s.lower)
+        g.stage1(theta1)
+        start = np.concatenate([theta1, g.beta_joint])
+        lower = np.concatenate([s.lower, np.full(d.X.shape[1], -np.inf)])
+        params, crit, optimizer, tried = _minimize(lambda p: g.laplace(p, nt), start, lower)
+        theta, beta = params[:nt], params[nt:]
+        dev, u, _, fac, w, Lam = g.pirls(theta, beta)
+        messages, H = _checks(lambda p: g.laplace(p, nt), params, lower, nt, return_hessian=True)
+        vcov, note = _binomial_vcov(H, nt, d, fac, w, Lam, s)
+    if note:
+        messages.append(note)
+    far = np.abs(beta[1:] if d.fixed_names and d.fixed_names[0] == "Intercept" else beta) > SEPARATION
+    if far.any():
+        names = [n for n, f in zip(d.fixed_names[1:] if d.fixed_names[0] == "Intercept" else d.fixed_names, far) if f]
+        messages.append(f"near separation: the coefficient of {', '.join(names)} is beyond ±{SEPARATION:g} on the "
+                        "logit scale of the rescaled predictors (the outcome is almost perfectly predicted)")
+    messages += _singular(s, theta, d)
+    covs = [T @ T.T for T in s.blocks(theta)]
+    return EngineFit(beta, vcov, theta, 1.0, covs, _modes(s, Lam @ u), crit, optimizer, not messages, messages,
+                     tried)
+
+
+def _binomial_vcov(H, nt, d, fac, w, Lam, s):
+    """glmer's default: 2 × the (β, β) block of the inverse Hessian of the deviance over (θ, β); when that
+    Hessian is not positive definite, the conditional covariance given θ (glmer's use.hessian = FALSE)."""
+    if H is not None:
+        try:
+            np.linalg.cholesky(H)
+            return 2 * np.linalg.inv(H)[nt:, nt:], None
+        except np.linalg.LinAlgError:
+            pass
+    X = d.X
+    ZLw = (s.Z @ Lam).multiply(w[:, None]).tocsc()
+    XtWZL = np.asarray(ZLw.T @ X).T
+    Sch = X.T @ (X * w[:, None]) - XtWZL @ fac.solve(XtWZL.T)
+    return linalg.inv(Sch), ("the Hessian over (θ, β) is not positive definite: standard errors are conditional on "
+                             "the estimated variance components (glmer's use.hessian = FALSE)")
+
+
+# --------------------------------------------------------------------------------------------- shared
+
+
+def _minimize(fun, x0: np.ndarray, lower: np.ndarray):
+    """Two optimizers from the same start; the best criterion wins, then L-BFGS-B polishes it."""
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+    nm_bounds = [(lo if np.isfinite(lo) else -1e6, 1e6) for lo in lower]
+    tried: dict[str, float] = {}
+    best = None
+    for name, kw in (("L-BFGS-B", {"method": "L-BFGS-B", "bounds": bounds,
+                                   "options": {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-8}}),
+                     ("Nelder-Mead", {"method": "Nelder-Mead", "bounds": nm_bounds,
+                                      "options": {"maxiter": 4000 * len(x0), "maxfev": 8000 * len(x0),
+                                                  "xatol": 1e-8, "fatol": 1e-10, "adaptive": True}})):
+        res = optimize.minimize(fun, x0, **kw)
+        tried[name] = float(res.fun)
+        if best is None or res.fun < best[1]:
+            best = (res.x, float(res.fun), name)
+    x, f, name = best
+    polish = optimize.minimize(fun, x, method="L-BFGS-B", bounds=bounds,
+                               options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9})
+    if polish.fun < f:
+        x, f = polish.x, float(polish.fun)
+    x = np.where(np.isfinite(lower), np.maximum(x, lower), x)
+    return x, float(fun(x)), name, tried
+
+
+def _derivatives(fun, x: np.ndarray, lower: np.ndarray, h: float = 1e-4):
+    """Central-difference gradient and Hessian (lme4's deriv12 step). A parameter on its lower bound is
+    differenced one-sidedly into the interior."""
+    n = len(x)
+    f0 = fun(x)
+    steps = h * np.maximum(1.0, np.abs(x))
+    grad, H = np.zeros(n), np.zeros((n, n))
+    at_bound = np.isfinite(lower) & (x - steps < lower)
+    fp, fm = np.zeros(n), np.zeros(n)
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = steps[i]
+        if at_bound[i]:
+            f1, f2 = fun(x + e), fun(x + 2 * e)
+            grad[i] = (-3 * f0 + 4 * f1 - f2) / (2 * steps[i])
+            H[i, i] = (f0 - 2 * f1 + f2) / steps[i] ** 2
+            fp[i], fm[i] = f1, np.nan
+        else:
+            fp[i], fm[i] = fun(x + e), fun(x - e)
+            grad[i] = (fp[i] - fm[i]) / (2 * steps[i])
+            H[i, i] = (fp[i] - 2 * f0 + fm[i]) / steps[i] ** 2
+    for i in range(n):
+        for j in range(i + 1, n):
+            ei, ej = np.zeros(n), np.zeros(n)
+            ei[i], ej[j] = steps[i], steps[j]
+            if at_bound[i] or at_bound[j]:
+                H[i, j] = (fun(x + ei + ej) - fp[i] - fp[j] + f0) / (steps[i] * steps[j])
+            else:
+                H[i, j] = (fun(x + ei + ej) - fun(x + ei - ej) - fun(x - ei + ej) + fun(x - ei - ej)) / (
+                    4 * steps[i] * steps[j])
+            H[j, i] = H[i, j]
+    return grad, H, at_bound
+
+
+def _checks(fun, x, lower, nt, return_hessian=False):
+    """lme4's convergence checks at the optimum: the Hessian-scaled gradient, and a positive definite
+    Hessian (parameters on their bound are left out: that is the boundary check's business)."""
+    messages = []
+    grad, H, at_bound = _derivatives(fun, x, lower)
+    free = ~at_bound
+    Hf, gf = H[np.ix_(free, free)], grad[free]
+    if not np.all(np.isfinite(H)):
+        messages.append("the criterion is not finite near the optimum")
+        return (messages, None) if return_hessian else messages
+    if gf.size:
+        try:
+            C = np.linalg.cholesky(Hf)
+            scgrad = linalg.solve_triangular(C, gf, lower=True)
+            worst = float(np.max(np.abs(scgrad)))
+            if worst > GRAD_TOL:
+                messages.append(f"failed to converge: the scaled gradient at the optimum is {worst:.2g} "
+                                f"(tolerance {GRAD_TOL:g})")
+        except np.linalg.LinAlgError:
+            eig = np.linalg.eigvalsh(Hf)
+            messages.append(f"the Hessian at the optimum is not positive definite (smallest eigenvalue {eig[0]:.3g}): "
+                            "a saddle point, or a model the data cannot identify")
+    return (messages, H) if return_hessian else messages
+
+
+def _singular(s: _Structure, theta: np.ndarray, d: Design) -> list[str]:
+    """Boundary (singular) fit: a variance at zero, or a correlation at ±1 (a block of Λ losing rank)."""
+    out = []
+    for t, names, T in zip(d.formula.random, d.random_names, s.blocks(theta)):
+        diag = np.abs(np.diag(T))
+        if np.any(diag < SINGULAR_TOL):
+            names = [n for n, v in zip(names, diag) if v < SINGULAR_TOL]
+            out.append(f"boundary (singular) fit: the random-effect sd of {', '.join(names)} in {t} is estimated "
+                       "at zero; simplify the random part (e.g. drop that term) before trusting these numbers")
+    return out
+
+
+def _modes(s: _Structure, b: np.ndarray) -> list[np.ndarray]:
+    return [np.asarray(b[off: off + L * k]).reshape(L, k) for off, L, k, _ in s.terms]

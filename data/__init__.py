@@ -1,0 +1,1 @@
+"""Package data: the demo study (demo.toml, roles_demo.csv) and the hand labels (labels/)."""

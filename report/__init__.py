@@ -1,0 +1,1 @@
+"""Package data: the report source (report.qmd, _quarto.yml)."""
