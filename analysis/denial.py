@@ -1,9 +1,10 @@
 """Denial and AI-claim statistics: rates by role and group with role-clustered intervals, and logistic
 mixed models reported as odds ratios.
 
-Models (the original study fitted the second with glmer):
+Models (the original study fitted the second with glmer; the python backend fits glmer's Laplace
+criterion without R):
     label ~ group + (1 | role)
-    label ~ z_anim_mental + z_anim_physical + (1 | task_id) + (1 | role)
+    label ~ anim_mental + anim_physical + (1 | task) + (1 | role)      (ratings centred, or z-scored)
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from animacy.analysis.groups import apply_rule
 from animacy.analysis.mixed import fit_mixed
+from animacy.analysis.ratings import transform_ratings
 
 
 def label_table(responses: pd.DataFrame, labels: pd.DataFrame, roles: pd.DataFrame,
@@ -46,28 +49,37 @@ def _odds_ratios(fixed: pd.DataFrame) -> pd.DataFrame:
                         or_ci_high=np.exp(fixed["ci_high"]))
 
 
-def denial_models(table: pd.DataFrame, backend: str = "statsmodels", reference_group: str | None = None,
-                  classifier: str = "denies_experience") -> pd.DataFrame:
-    """Both logistic mixed models for one classifier; fixed effects with odds ratios and intervals."""
-    df = table[table["classifier"] == classifier].copy()
-    groups = sorted(df["group"].unique())
-    ref = reference_group if reference_group in groups else groups[0]
-    df["group"] = pd.Categorical(df["group"], [ref, *[g for g in groups if g != ref]])
-    out = []
-    if df["label"].nunique() == 2 and len(groups) > 1:
-        fit = fit_mixed(df, "label ~ group + (1 | role)", backend, family="binomial")
-        out.append(fit.fixed.assign(model="label ~ group + (1 | role)", messages="; ".join(fit.messages)))
-    rated = df.dropna(subset=[c for c in ("anim_mental", "anim_physical") if c in df])
-    if {"anim_mental", "anim_physical"} <= set(df.columns) and rated["label"].nunique() == 2:
-        for c in ("anim_mental", "anim_physical"):
-            rated[f"z_{c}"] = (rated[c] - rated[c].mean()) / rated[c].std()
-        formula = "label ~ z_anim_mental + z_anim_physical + (1 | task_id) + (1 | role)"
-        fit = fit_mixed(rated, formula, backend, family="binomial")
-        out.append(fit.fixed.assign(model=formula, messages="; ".join(fit.messages)))
-    if not out:
-        return pd.DataFrame()
-    res = _odds_ratios(pd.concat(out, ignore_index=True)).assign(classifier=classifier)
-    return res[["classifier", "model", *[c for c in res.columns if c not in ("classifier", "model")]]]
+def denial_models(table: pd.DataFrame, backend: str = "python", reference_group: str | None = None,
+                  classifier: str = "denies_experience", ratings: list[str] | None = None,
+                  how: str = "center") -> tuple[pd.DataFrame, list[str]]:
+    """The logistic mixed models of one classifier's labels, under the group rule (controls out):
+    `label ~ group + (1 | role)`, and `label ~ r1 + r2 + (1 | task) + (1 | role)` on the ratings (default:
+    anim_mental and anim_physical where present). Fixed effects with odds ratios; and what was skipped, why."""
+    rows, ref = apply_rule(table[table["classifier"] == classifier], reference_group)
+    rows = rows.assign(task=rows["task_id"])
+    out, skipped = [], []
+    if ref is None or rows.empty:
+        return pd.DataFrame(), [f"{classifier}: no labelled responses of non-control roles"]
+    if rows["label"].nunique() < 2:
+        skipped.append(f"{classifier}: every non-control response has the same label, so no model can be fitted")
+        return pd.DataFrame(), skipped
+    models = []
+    if len(rows["group"].cat.categories) > 1:
+        models.append(("label ~ group + (1 | role)", rows))
+    else:
+        skipped.append(f"{classifier}: label ~ group needs two groups of non-control roles")
+    ratings = [r for r in (ratings or ["anim_mental", "anim_physical"]) if r in rows.columns]
+    if ratings:
+        roles = rows.drop_duplicates("role")[["role", "group", *ratings]].assign(is_control=False)
+        scaled = transform_ratings(roles, ratings, how).set_index("role")[ratings]
+        rated = rows.drop(columns=ratings).join(scaled, on="role").dropna(subset=ratings)
+        random = " + (1 | task)" if rated["task"].nunique() > 1 else ""
+        models.append((f"label ~ {' + '.join(ratings)}{random} + (1 | role)", rated))
+    for formula, data in models:
+        fit = fit_mixed(data, formula, backend, family="binomial", source=f"the {classifier} labels")
+        out.append(fit.fixed.assign(model=formula, ratings=how if "group" not in formula else ""))
+    res = _odds_ratios(pd.concat(out, ignore_index=True)).assign(classifier=classifier, reference_group=ref)
+    return res[["classifier", "model", *[c for c in res.columns if c not in ("classifier", "model")]]], skipped
 
 
 def example_responses(responses: pd.DataFrame, labels: pd.DataFrame, classifier: str = "denies_experience",

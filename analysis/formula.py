@@ -180,14 +180,17 @@ def build(formula: Formula | str, data: pd.DataFrame, family: str = "gaussian", 
     df = data[used]
     n0 = len(df)
     df = df.dropna()
-    messages = [f"{n0 - len(df):,} rows with a missing value in {', '.join(used)} were left out"] if len(df) < n0 else []
+    messages = []
+    if len(df) < n0:
+        messages.append(f"{n0 - len(df):,} rows with a missing value in {', '.join(used)} were left out")
     if df.empty:
         raise ConfigError("--formula", f"no rows of {source} have every variable of '{f.text}'")
     df = df.reset_index(drop=True)
     groups = set()
     for t in f.random:
         groups |= set(t.group.split(":"))
-    numeric = [v for v in used if v not in groups and v != f.response and pd.api.types.is_numeric_dtype(df[v])
+    outcome = set(_NAME.findall(f"{f.response} {f.trials or ''}"))
+    numeric = [v for v in used if v not in groups and v not in outcome and pd.api.types.is_numeric_dtype(df[v])
                and not pd.api.types.is_bool_dtype(df[v])]
     y, trials = _response(f, df, family, source)
     sds = {v: float(df[v].std()) for v in numeric} if scale else {}

@@ -14,9 +14,10 @@ blocks' lower triangles, with the diagonal bounded below by 0.
   inside PIRLS, and a second optimises (θ, β) together on the Laplace deviance. Standard errors come from
   the inverse Hessian of that deviance over (θ, β) (glmer's default, `use.hessian = TRUE`).
 
-Every fit runs two optimizers (L-BFGS-B and bounded Nelder–Mead) and keeps the best criterion, then
+Every fit runs two optimizers (L-BFGS-B and bounded Nelder–Mead) and keeps the best criterion, restarts
+any variance found at zero from inside (zero is a stationary point where both stop), then
 checks the gradient and Hessian at the optimum (lme4's checks, the same tolerances) and flags boundary
-(singular) fits and near separation. Any failed check makes `converged` false, with the reason.
+(singular) fits. Any failed check makes `converged` false, with the reason.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ import scipy.sparse as sp
 from scipy import linalg, optimize
 from scipy.sparse.linalg import splu
 from scipy.special import expit, gammaln
+from threadpoolctl import threadpool_limits
 
 from animacy.analysis.formula import Design
 
 DENSE_MAX = 1500  # factor Λ'Z'ZΛ + I densely up to this many random effects
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of θ
 GRAD_TOL = 2e-3  # lme4's check.conv.grad tolerance (on the Hessian-scaled gradient)
-SEPARATION = 10.0  # |coefficient| on the logit scale of rescaled predictors that means near separation
 
 
 @dataclass
@@ -54,6 +55,12 @@ class EngineFit:
     tried: dict[str, float] = field(default_factory=dict)
 
 
+def _lower_triangle(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a k×k lower triangle, column by column (lme4's order of θ)."""
+    pairs = [(i, j) for j in range(k) for i in range(j, k)]
+    return np.array([p[0] for p in pairs], dtype=int), np.array([p[1] for p in pairs], dtype=int)
+
+
 class _Structure:
     """Z, and Λθ's sparsity pattern with where each θ goes."""
 
@@ -67,7 +74,7 @@ class _Structure:
             r = np.repeat(np.arange(n), k)
             c = off + (codes[:, None] * k + np.arange(k)[None, :]).ravel()
             blocks.append((Xr.ravel(), r, c))
-            tri = [(i, j) for j in range(k) for i in range(j, k)]  # column-major lower triangle, as lme4
+            tri = list(zip(*_lower_triangle(k)))
             for p, (i, j) in enumerate(tri):
                 rows.append(off + np.arange(L) * k + i)
                 cols.append(off + np.arange(L) * k + j)
@@ -90,23 +97,20 @@ class _Structure:
 
     def blocks(self, theta: np.ndarray) -> list[np.ndarray]:
         out = []
-        for off, _, k, t0 in self.terms:
+        for _, _, k, t0 in self.terms:
             T = np.zeros((k, k))
-            for p, (i, j) in enumerate((i, j) for j in range(k) for i in range(j, k)):
-                T[i, j] = theta[t0 + p]
+            rows, cols = _lower_triangle(k)
+            T[rows, cols] = theta[t0: t0 + len(rows)]
             out.append(T)
         return out
-
-    def diagonal(self) -> np.ndarray:
-        return np.isfinite(self.lower)
 
 
 class _Factor:
     """A factorisation of a symmetric positive definite matrix: solve and log-determinant."""
 
-    def __init__(self, A: sp.spmatrix):
-        if A.shape[0] <= DENSE_MAX:
-            dense = A.toarray()
+    def __init__(self, A):
+        if isinstance(A, np.ndarray) or A.shape[0] <= DENSE_MAX:
+            dense = A if isinstance(A, np.ndarray) else A.toarray()
             self._c = linalg.cho_factor(dense, lower=True, check_finite=False)
             self.logdet = 2.0 * float(np.log(np.diag(self._c[0])).sum())
             self._lu = None
@@ -157,16 +161,21 @@ class _Gaussian:
             return np.inf
         n, p = self.n, self.p
         if self.reml:
-            sign, logdet_x = np.linalg.slogdet(RXtRX)
+            logdet_x = np.linalg.slogdet(RXtRX)[1]
             return fac.logdet + logdet_x + (n - p) * (1 + np.log(2 * np.pi * prss / (n - p)))
         return fac.logdet + n * (1 + np.log(2 * np.pi * prss / n))
 
 
 def fit_gaussian(d: Design, reml: bool = True) -> EngineFit:
+    with threadpool_limits(1):
+        return _fit_gaussian(d, reml)
+
+
+def _fit_gaussian(d: Design, reml: bool) -> EngineFit:
     s = _Structure(d)
     g = _Gaussian(d, s, reml)
     theta, crit, optimizer, tried = _minimize(g.deviance, s.theta0, s.lower)
-    fac, RXtRX, beta, u, b, prss = g.solve(theta)
+    _, RXtRX, beta, _, b, prss = g.solve(theta)
     sigma2 = prss / (g.n - g.p if reml else g.n)
     vcov = sigma2 * linalg.inv(RXtRX)
     messages = _checks(g.deviance, theta, s.lower, len(theta))
@@ -178,30 +187,71 @@ def fit_gaussian(d: Design, reml: bool = True) -> EngineFit:
 # --------------------------------------------------------------------------------------------- binomial
 
 
+class _RowZ:
+    """Z as (column, value) pairs per row: every row has one nonzero per column of each random term, so
+    products with Z are plain numpy (no sparse-matrix overhead in the PIRLS loop)."""
+
+    def __init__(self, d: Design, s: _Structure):
+        cols, vals = [], []
+        for (off, _, k, _), Xr, codes in zip(s.terms, d.random_X, d.codes):
+            cols.append(off + codes[:, None] * k + np.arange(k)[None, :])
+            vals.append(Xr)
+        self.cols, self.vals, self.q = np.hstack(cols), np.hstack(vals), s.q
+        K = self.cols.shape[1]
+        self.pairs = (self.cols[:, :, None] * self.q + self.cols[:, None, :]).reshape(len(self.cols), K * K)
+        self.outer = (self.vals[:, :, None] * self.vals[:, None, :]).reshape(len(self.cols), K * K)
+
+    def times(self, v: np.ndarray) -> np.ndarray:
+        return (self.vals * v[self.cols]).sum(1)
+
+    def t_times(self, r: np.ndarray) -> np.ndarray:
+        return np.bincount(self.cols.ravel(), (self.vals * r[:, None]).ravel(), self.q)
+
+    def t_times_matrix(self, R: np.ndarray) -> np.ndarray:
+        return np.column_stack([self.t_times(R[:, j]) for j in range(R.shape[1])])
+
+    def gram(self, w: np.ndarray):
+        """Z'WZ: dense up to DENSE_MAX random effects, sparse beyond."""
+        weights = (self.outer * w[:, None]).ravel()
+        if self.q <= DENSE_MAX:
+            return np.bincount(self.pairs.ravel(), weights, self.q * self.q).reshape(self.q, self.q)
+        flat = self.pairs.ravel()
+        return sp.csc_matrix((weights, (flat // self.q, flat % self.q)), shape=(self.q, self.q))
+
+
 class _Binomial:
     def __init__(self, d: Design, s: _Structure):
         self.d, self.s = d, s
+        self.Z = _RowZ(d, s)
         self.k, self.m = d.y, d.trials
         self.const = float(np.sum(gammaln(self.m + 1) - gammaln(self.k + 1) - gammaln(self.m - self.k + 1)))
         self.u = np.zeros(s.q)
         self.beta_joint = np.zeros(d.X.shape[1])
+        self.eye = np.eye(s.q) if s.q <= DENSE_MAX else sp.identity(s.q, format="csc")
 
     def _loglik(self, eta: np.ndarray) -> float:
         # k log mu + (m - k) log(1 - mu), stably: k*eta - m*log(1 + e^eta)
         return float(np.sum(self.k * eta - self.m * np.logaddexp(0.0, eta))) + self.const
 
+    def _lambda(self, theta: np.ndarray):
+        Lam = self.s.Lambda(theta)
+        return Lam.toarray() if self.s.q <= DENSE_MAX else Lam
+
+    def information(self, Lam, w: np.ndarray) -> _Factor:
+        """The factor of Λ'Z'WZΛ + I."""
+        return _Factor(Lam.T @ self.Z.gram(w) @ Lam + self.eye)
+
     def pirls(self, theta: np.ndarray, beta: np.ndarray | None, tol: float = 1e-11, max_iter: int = 60):
         """Conditional mode of u (and of β too when `beta` is None: the first stage). Returns
-        (laplace deviance, u, beta, factor of Λ'Z'WZΛ + I, W)."""
-        s, X = self.s, self.d.X
-        Lam = s.Lambda(theta)
-        ZL = (s.Z @ Lam).tocsc()
+        (laplace deviance, u, beta, factor of Λ'Z'WZΛ + I, W, Λ)."""
+        X, Z = self.d.X, self.Z
+        Lam = self._lambda(theta)
         joint = beta is None
         u = self.u.copy()
         b = self.beta_joint.copy() if joint else np.asarray(beta, float)
 
         def pdev(u_, b_):
-            eta = X @ b_ + ZL @ u_
+            eta = X @ b_ + Z.times(Lam @ u_)
             return -2 * self._loglik(eta) + float(u_ @ u_), eta
 
         cur, eta = pdev(u, b)
@@ -209,12 +259,10 @@ class _Binomial:
             mu = expit(eta)
             w = self.m * mu * (1 - mu)
             resid = self.k - self.m * mu
-            ZLw = ZL.multiply(w[:, None]).tocsc()
-            A = (ZL.T @ ZLw + sp.identity(s.q, format="csc")).tocsc()
-            gu = np.asarray(ZL.T @ resid) - u
-            fac = _Factor(A)
+            fac = self.information(Lam, w)
+            gu = Lam.T @ Z.t_times(resid) - u
             if joint:
-                XtWZL = np.asarray((ZLw.T @ X)).T  # p x q
+                XtWZL = (Lam.T @ Z.t_times_matrix(X * w[:, None])).T  # p x q
                 XtWX = X.T @ (X * w[:, None])
                 gb = X.T @ resid
                 AinvZX = fac.solve(XtWZL.T)
@@ -237,8 +285,7 @@ class _Binomial:
                 break
         mu = expit(eta)
         w = self.m * mu * (1 - mu)
-        ZLw = ZL.multiply(w[:, None]).tocsc()
-        fac = _Factor((ZL.T @ ZLw + sp.identity(s.q, format="csc")).tocsc())
+        fac = self.information(Lam, w)
         if np.all(np.isfinite(u)):
             self.u = u  # warm start for the next evaluation (as lme4 does)
             if joint:
@@ -259,6 +306,11 @@ class _Binomial:
 
 
 def fit_binomial(d: Design) -> EngineFit:
+    with threadpool_limits(1):  # small dense algebra: BLAS threads only spin against each other
+        return _fit_binomial(d)
+
+
+def _fit_binomial(d: Design) -> EngineFit:
     s = _Structure(d)
     g = _Binomial(d, s)
     nt = len(s.theta0)
@@ -269,23 +321,18 @@ def fit_binomial(d: Design) -> EngineFit:
         lower = np.concatenate([s.lower, np.full(d.X.shape[1], -np.inf)])
         params, crit, optimizer, tried = _minimize(lambda p: g.laplace(p, nt), start, lower)
         theta, beta = params[:nt], params[nt:]
-        dev, u, _, fac, w, Lam = g.pirls(theta, beta)
+        _, u, _, fac, w, Lam = g.pirls(theta, beta)
         messages, H = _checks(lambda p: g.laplace(p, nt), params, lower, nt, return_hessian=True)
-        vcov, note = _binomial_vcov(H, nt, d, fac, w, Lam, s)
+        vcov, note = _binomial_vcov(H, nt, g, fac, w, Lam)
     if note:
         messages.append(note)
-    far = np.abs(beta[1:] if d.fixed_names and d.fixed_names[0] == "Intercept" else beta) > SEPARATION
-    if far.any():
-        names = [n for n, f in zip(d.fixed_names[1:] if d.fixed_names[0] == "Intercept" else d.fixed_names, far) if f]
-        messages.append(f"near separation: the coefficient of {', '.join(names)} is beyond ±{SEPARATION:g} on the "
-                        "logit scale of the rescaled predictors (the outcome is almost perfectly predicted)")
     messages += _singular(s, theta, d)
     covs = [T @ T.T for T in s.blocks(theta)]
     return EngineFit(beta, vcov, theta, 1.0, covs, _modes(s, Lam @ u), crit, optimizer, not messages, messages,
                      tried)
 
 
-def _binomial_vcov(H, nt, d, fac, w, Lam, s):
+def _binomial_vcov(H, nt, g: _Binomial, fac, w, Lam):
     """glmer's default: 2 × the (β, β) block of the inverse Hessian of the deviance over (θ, β); when that
     Hessian is not positive definite, the conditional covariance given θ (glmer's use.hessian = FALSE)."""
     if H is not None:
@@ -294,12 +341,17 @@ def _binomial_vcov(H, nt, d, fac, w, Lam, s):
             return 2 * np.linalg.inv(H)[nt:, nt:], None
         except np.linalg.LinAlgError:
             pass
-    X = d.X
-    ZLw = (s.Z @ Lam).multiply(w[:, None]).tocsc()
-    XtWZL = np.asarray(ZLw.T @ X).T
+    X = g.d.X
+    XtWZL = (Lam.T @ g.Z.t_times_matrix(X * w[:, None])).T
     Sch = X.T @ (X * w[:, None]) - XtWZL @ fac.solve(XtWZL.T)
-    return linalg.inv(Sch), ("the Hessian over (θ, β) is not positive definite: standard errors are conditional on "
-                             "the estimated variance components (glmer's use.hessian = FALSE)")
+    note = ("the Hessian over (θ, β) is not positive definite: standard errors are conditional on the estimated "
+            "variance components (glmer's use.hessian = FALSE)")
+    try:
+        return linalg.inv(Sch), note
+    except linalg.LinAlgError:
+        p = X.shape[1]
+        return np.full((p, p), np.nan), ("the information matrix is singular: no standard errors can be computed "
+                                         "(often a sign of separation)")
 
 
 # --------------------------------------------------------------------------------------------- shared
@@ -321,10 +373,24 @@ def _minimize(fun, x0: np.ndarray, lower: np.ndarray):
         if best is None or res.fun < best[1]:
             best = (res.x, float(res.fun), name)
     x, f, name = best
-    polish = optimize.minimize(fun, x, method="L-BFGS-B", bounds=bounds,
-                               options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9})
-    if polish.fun < f:
-        x, f = polish.x, float(polish.fun)
+    polish = {"method": "L-BFGS-B", "bounds": bounds, "options": {"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9}}
+    res = optimize.minimize(fun, x, **polish)
+    if res.fun < f:
+        x, f = res.x, float(res.fun)
+    # A variance at zero is a stationary point of the deviance (it depends on θ through θ²), where a
+    # gradient method stops and a bounded simplex collapses: restart every such θ from inside.
+    for _ in range(3):
+        improved = False
+        for j in np.flatnonzero(np.isfinite(lower) & (x <= lower + 1e-6)):
+            for start in (0.01, 0.1, 0.5):
+                x1 = x.copy()
+                x1[j] = lower[j] + start
+                res = optimize.minimize(fun, x1, **polish)
+                if res.fun < f - 1e-10:
+                    x, f, improved = res.x, float(res.fun), True
+                    tried["restart from the boundary"] = f
+        if not improved:
+            break
     x = np.where(np.isfinite(lower), np.maximum(x, lower), x)
     return x, float(fun(x)), name, tried
 

@@ -22,7 +22,8 @@ from animacy.analysis.geometry import (
     pca_variance,
     role_matrices,
 )
-from animacy.analysis.ratings import blup_slopes, rating_columns, rating_multilevel, rating_regressions
+from animacy.analysis.groups import RULE, apply_rule
+from animacy.analysis.ratings import baselines, blup_slopes, rating_columns, rating_multilevel, rating_regressions
 from animacy.analysis.steering import (
     SteeringModel,
     fit_steering,
@@ -39,11 +40,13 @@ from animacy.run import Run, connect
 @dataclass
 class AnalyzeOptions:
     first_n: int = 50
-    backend: str = "statsmodels"
+    backend: str = "python"
     reference_group: str | None = None
     task: bool = False
     random_slopes: bool = True
     outcome: str = "mean_log_prob"  # or relative_recovery
+    formula: str | None = None  # the steering model in lme4 syntax; overrides task/random_slopes/outcome
+    ratings: str = "center"  # or z
     n_boot: int = 1000
     seed: int = 0
     umap: bool = True
@@ -51,8 +54,12 @@ class AnalyzeOptions:
     quiet: bool = False
 
 
+MIN_BOOT_CLUSTERS = 5  # a role-clustered bootstrap with fewer roles in a group is refused
+
+
 def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) -> dict:
-    """Write the analysis tables for one run into `out` and return the summary."""
+    """Write every analysis the run's tables support into `out` and return the summary; what the data
+    do not support is listed, with the reason, under `skipped`."""
     options = options or AnalyzeOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,38 +67,27 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     means = response_means(run, options.first_n, con)
     positions = position_means(run, con=con)
     source = {"run": str(run.path), "manifest": run.manifest}
-    gap = gap_by_role(positions)
     boot = {"n_boot": options.n_boot, "seed": options.seed}
-    tables = {"gap_curve.csv": gap_curve_bands(gap, **boot)}
+    conditions = set(means["condition"].unique())
+    skipped: list[str] = []
+    tables: dict[str, pd.DataFrame] = {}
+    gap = None
+    if {"with_prompt", "without_prompt"} <= conditions:
+        gap = gap_by_role(positions)
+        tables["gap_curve.csv"] = gap_curve_bands(gap, **boot)
+    else:
+        skipped.append("gap curve and relative recovery: the tokens table has no with_prompt / without_prompt pair "
+                       "(teacher forcing with and without the role prompt)")
     roles = run.read("roles")
-    steering = {}
-    if (means["condition"] == "steered").any():
-        model = SteeringModel(outcome=options.outcome, task=options.task, random_slopes=options.random_slopes)
-        fit = fit_steering(means, model, options.backend, options.reference_group)
-        reference = fit.reference_group
-        slopes = role_slopes(means)
-        tables |= {
-            "relative_recovery.csv": relative_recovery(positions, gap, None, **boot),
-            "relative_recovery_first_n.csv": relative_recovery(positions, gap, options.first_n, **boot),
-            "mixed_fixed.csv": fit.fixed,
-            "mixed_variance.csv": fit.variance,
-            "role_slopes.csv": slopes,
-            "slope_differences.csv": pd.concat([
-                slope_differences_delta(fit.fits, reference),
-                slope_differences_bootstrap(slopes, reference, options.n_boot * 2, options.seed)], ignore_index=True),
-        }
-        steering = {"formula": model.formula(), "backend": options.backend, "reference_group": reference,
-                    "fit_messages": {d: f.messages for d, f in fit.fits.items() if not f.converged or f.messages}}
-        ratings = rating_columns(roles)
-        if ratings:
-            blups = blup_slopes(fit, means)
-            tables["rating_regressions.csv"] = pd.concat(
-                [rating_regressions(slopes, roles, "ols", ratings)]
-                + ([rating_regressions(blups, roles, "blup", ratings)] if not blups.empty else []), ignore_index=True)
-            tables["rating_multilevel.csv"] = pd.concat(
-                [rating_multilevel(means, roles, r, options.backend, options.random_slopes)
-                 for r in ("anim_mental", "anim_physical") if r in ratings], ignore_index=True)
-    tables |= _other_tables(run, roles, options)
+    model = SteeringModel(outcome=options.outcome, task=options.task, random_slopes=options.random_slopes,
+                          formula_text=options.formula)
+    steering: dict = {"formula": model.formula()}
+    if "steered" in conditions:
+        tables |= _steering_tables(means, positions, gap, roles, model, options, steering, skipped,
+                                   run.manifest.get("magnitude_units"))
+    else:
+        skipped.append("steering models, slopes and rating models: the tokens table has no steered rows")
+    tables |= _other_tables(run, roles, options, skipped)
     write_parquet(means, out / "response_means.parquet", metadata=source)
     write_parquet(positions, out / "position_means.parquet", metadata=source)
     tables = {name: table for name, table in tables.items() if len(table.columns)}  # nothing to say: no file
@@ -101,11 +97,13 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
         "run": str(run.path),
         "run_kind": run.manifest.get("kind"),
         "options": asdict(options),
+        "group_rule": RULE,
         "n_roles": len(roles),
         "roles_per_group": {str(k): int(v) for k, v in roles["group"].value_counts().sort_index().items()},
         "n_responses": int(means["response_id"].nunique()),
-        "conditions": sorted(means["condition"].unique().tolist()),
+        "conditions": sorted(conditions),
         "tables": ["response_means.parquet", "position_means.parquet", *tables],
+        "skipped": skipped,
         "steering_model": steering,
         "manifest": run.manifest,
         "provenance": provenance(),
@@ -114,7 +112,69 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     return summary
 
 
-def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions) -> dict[str, pd.DataFrame]:
+def _steering_tables(means, positions, gap, roles, model: SteeringModel, options: AnalyzeOptions, steering: dict,
+                     skipped: list[str], units: str | None) -> dict[str, pd.DataFrame]:
+    """Mixed models, slopes, slope differences, relative recovery and rating models, each where the steered
+    rows support it."""
+    tables: dict[str, pd.DataFrame] = {}
+    boot = {"n_boot": options.n_boot, "seed": options.seed}
+    if gap is not None:
+        tables["relative_recovery.csv"] = relative_recovery(positions, gap, None, **boot)
+        tables["relative_recovery_first_n.csv"] = relative_recovery(positions, gap, options.first_n, **boot)
+    steered, ref = apply_rule(means[means["condition"] == "steered"], options.reference_group)
+    n_roles = steered["role"].nunique()
+    groups = list(steered["group"].cat.categories) if ref is not None else []
+    formula = model.formula()
+    fit = None
+    if steered["magnitude"].nunique() < 2:
+        skipped.append("steering models and slopes: every steered row has the same magnitude, so no slope exists")
+        return tables
+    if n_roles < 2:
+        skipped.append(f"steering models: {n_roles} non-control role(s); a model with (… | role) needs at least two")
+        return tables
+    if "group" in formula and len(groups) < 2:
+        skipped.append(f"the steering model {formula}: it compares groups, and the steered rows hold one "
+                       f"non-control group ({', '.join(groups) or 'none'}); give --formula without group")
+    else:
+        fit = fit_steering(means, model, options.backend, options.reference_group)
+        steering |= {"backend": options.backend, "reference_group": fit.reference_group,
+                     "magnitude_units": units,
+                     "fit_messages": {d: f.messages for d, f in fit.fits.items() if not f.converged or f.messages},
+                     "fits": {d: f.info() for d, f in fit.fits.items()}}
+        tables |= {"mixed_fixed.csv": fit.fixed.assign(magnitude_units=units or ""),
+                   "mixed_variance.csv": fit.variance}
+        delta = slope_differences_delta(fit.fits, fit.reference_group)
+        tables["slope_differences.csv"] = delta
+    slopes = role_slopes(means)
+    tables["role_slopes.csv"] = slopes
+    if ref is not None and len(groups) > 1:
+        sizes = steered.groupby("group", observed=True)["role"].nunique()
+        small = sizes[sizes < MIN_BOOT_CLUSTERS]
+        if len(small):
+            skipped.append("role-clustered bootstrap of slope differences: fewer than "
+                           f"{MIN_BOOT_CLUSTERS} roles in " + ", ".join(f"{g} ({n})" for g, n in small.items()))
+        else:
+            bs = slope_differences_bootstrap(slopes, ref, options.n_boot * 2, options.seed)
+            tables["slope_differences.csv"] = pd.concat([tables.get("slope_differences.csv"), bs], ignore_index=True)
+    ratings = rating_columns(roles)
+    if not ratings:
+        skipped.append("rating models: the roles table has no rating columns")
+        return tables
+    base = baselines(means)
+    regs = [rating_regressions(slopes, roles, "ols", ratings, options.ratings, base)]
+    blups = blup_slopes(fit, means) if fit is not None else pd.DataFrame()
+    if not blups.empty:
+        regs.append(rating_regressions(blups, roles, "blup", ratings, options.ratings, base))
+    tables["rating_regressions.csv"] = pd.concat(regs, ignore_index=True)
+    multi = [rating_multilevel(means, roles, r, model, options.backend, options.ratings) for r in ratings]
+    multi = [m for m in multi if not m.empty]
+    if multi:
+        tables["rating_multilevel.csv"] = pd.concat(multi, ignore_index=True)
+    return tables
+
+
+def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions,
+                  skipped: list[str]) -> dict[str, pd.DataFrame]:
     """Tables from the optional parts of a run: labels, vectors, activations, word guess."""
     tables: dict[str, pd.DataFrame] = {}
     boot = {"n_boot": options.n_boot * 2, "seed": options.seed}
@@ -124,11 +184,17 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions) -> dic
         labels = label_table(run.read("responses"), run.read("labels"), roles, options.label_method)
         by_role, by_group = rates(labels, **boot)
         tables |= {"denial_rates_by_role.csv": by_role, "denial_rates_by_group.csv": by_group}
-        models = [denial_models(labels, options.backend, options.reference_group, c)
-                  for c in sorted(labels["classifier"].unique())]
+        models = []
+        for c in sorted(labels["classifier"].unique()):
+            table, why = denial_models(labels, options.backend, options.reference_group, c, how=options.ratings)
+            models.append(table)
+            skipped += why
         tables["denial_models.csv"] = pd.concat(models, ignore_index=True)
         d = labels[labels["classifier"] == "denies_experience"]
         denied = d.set_index("response_id")["label"].astype(bool)
+    else:
+        skipped.append("denial rates and models: the run has no labels table (animacy classify RUN, or "
+                       "animacy labels import)")
     if run.has("vectors_index"):
         index, tensors = run.load_vectors()
         mats = role_matrices(index, tensors)
@@ -137,7 +203,13 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions) -> dic
                                                                                         options.umap),
                    "cosine_pairs.csv": pairs, "cosine_by_group.csv": cosine_by_group(pairs),
                    "assistant_axis_projection.csv": axis_projections(index, tensors, mats, groups)}
-    if run.has("activations") and roles["is_control"].any():
+    else:
+        skipped.append("vector geometry: the run has no vectors")
+    if not run.has("activations"):
+        skipped.append("direction validation: the run has no activations")
+    elif not roles["is_control"].any():
+        skipped.append("direction validation: the run has no control roles to separate the roles from")
+    else:
         acts = load_activations(run)
         tables["direction_validation.csv"] = direction_validation(acts, roles.set_index("role")["is_control"],
                                                                   seed=options.seed)

@@ -1,11 +1,20 @@
-"""Steerability against the norm ratings.
+"""Steerability against the norm ratings, as the original study did it and more.
 
-Two routes to the same question (do roles with higher mental animacy steer less?):
+Ratings enter centred (`--ratings center`, the study's choice: a coefficient is per rating point) or
+z-scored (`--ratings z`: per standard deviation), always through `transform_ratings`, over the rated
+(non-control) roles. Two routes to the same question (do roles with higher mental animacy steer less?):
 
 - two-step: each role's steerability (its OLS slope, or its BLUP slope from the mixed model) regressed
-  on the standardized ratings, with HC3 robust standard errors;
-- one-step: `mean_log_prob ~ magnitude * z_rating + (magnitude | role) + (1 | response_id)`, where the
-  `magnitude:z_rating` term is the change in steering slope per standard deviation of the rating.
+  on a rating, alone, with the role's baseline (its mean log-prob unsteered, at magnitude 0) as a
+  covariate, and jointly with the other animacy rating; HC3 robust standard errors;
+- one-step: the steering model with the rating in place of `group`, e.g.
+  `log_prob ~ magnitude * anim_mental + (1 | role)`, whose `magnitude:anim_mental` term is the change
+  in steering slope per unit of the rating.
+
+>>> roles = pd.DataFrame({"role": ["a", "b", "c", "assistant"], "group": ["g", "g", "g", "Assistant"],
+...                       "is_control": [False, False, False, True], "anim_mental": [100.0, 200.0, 300.0, None]})
+>>> transform_ratings(roles, ["anim_mental"], "center")["anim_mental"].tolist()[:3]
+[-100.0, 0.0, 100.0]
 """
 
 from __future__ import annotations
@@ -13,18 +22,41 @@ from __future__ import annotations
 import pandas as pd
 import statsmodels.api as sm
 
+from animacy.analysis.groups import is_control
 from animacy.analysis.mixed import fit_mixed
-from animacy.analysis.steering import SteeringFits
+from animacy.analysis.steering import SteeringFits, SteeringModel, steered_rows
+from animacy.errors import ConfigError
 from animacy.schema import TABLES
+
+HOW = ("center", "z")
 
 
 def rating_columns(roles: pd.DataFrame) -> list[str]:
     """The numeric columns of a roles table beyond the contract's: the norm ratings (those that vary)."""
     fixed = set(TABLES["roles"].names)
-    rated = roles[~roles["is_control"].astype(bool)]
+    rated = roles[~is_control(roles)]
     return [c for c in roles.columns
             if c not in fixed and pd.api.types.is_numeric_dtype(roles[c]) and not pd.api.types.is_bool_dtype(roles[c])
             and rated[c].notna().sum() >= 3 and rated[c].std() > 0]
+
+
+def transform_ratings(roles: pd.DataFrame, ratings: list[str], how: str = "center") -> pd.DataFrame:
+    """The roles table with each rating centred (or z-scored) over the rated, non-control roles."""
+    if how not in HOW:
+        raise ConfigError("--ratings", f"'{how}' is not one of {', '.join(HOW)}")
+    out = roles.copy()
+    rated = ~is_control(roles)
+    for c in ratings:
+        x = roles.loc[rated, c]
+        out[c] = (roles[c] - x.mean()) / (x.std() if how == "z" else 1.0)
+    return out
+
+
+def baselines(means: pd.DataFrame) -> pd.DataFrame:
+    """Each role's baseline per derivation: its mean log-prob unsteered (steered rows at magnitude 0)."""
+    zero = means[(means["condition"] == "steered") & (means["magnitude"] == 0)]
+    return zero.groupby(["derivation", "role"], as_index=False)["mean_log_prob"].mean().rename(
+        columns={"mean_log_prob": "baseline"})
 
 
 def blup_slopes(fit: SteeringFits, means: pd.DataFrame) -> pd.DataFrame:
@@ -43,49 +75,59 @@ def blup_slopes(fit: SteeringFits, means: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _z(x: pd.Series) -> pd.Series:
-    return (x - x.mean()) / x.std()
-
-
-def rating_regressions(slopes: pd.DataFrame, roles: pd.DataFrame, source: str,
-                       ratings: list[str] | None = None) -> pd.DataFrame:
-    """Per derivation: slope ~ z(rating) for every rating alone, and slope ~ z(anim_mental) +
-    z(anim_physical) jointly when both exist. Standardized coefficients, HC3 robust SEs."""
+def rating_regressions(slopes: pd.DataFrame, roles: pd.DataFrame, source: str, ratings: list[str] | None = None,
+                       how: str = "center", base: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per derivation: slope ~ rating for every rating alone, slope ~ rating + baseline when baselines are
+    given, and slope ~ anim_mental + anim_physical jointly when both exist. HC3 robust SEs. With
+    how='z' the slope is standardized too (standardized coefficients)."""
     ratings = ratings or rating_columns(roles)
-    df = slopes.merge(roles[["role", *ratings]], on="role")
+    df = slopes.merge(transform_ratings(roles, ratings, how)[["role", *ratings]], on="role")
+    if base is not None:
+        df = df.merge(base, on=["derivation", "role"], how="left")
     models = [[r] for r in ratings]
+    if base is not None:
+        models += [[r, "baseline"] for r in ratings]
     if {"anim_mental", "anim_physical"} <= set(ratings):
         models.append(["anim_mental", "anim_physical"])
     rows = []
     for d, part in df.groupby("derivation", sort=True):
         for preds in models:
-            sub = part.dropna(subset=preds)
+            sub = part.dropna(subset=[*preds, "slope"])
             if len(sub) < len(preds) + 3:
                 continue
-            X = sm.add_constant(pd.DataFrame({p: _z(sub[p]) for p in preds}))
-            res = sm.OLS(_z(sub["slope"]), X).fit(cov_type="HC3")
+            y = sub["slope"]
+            X = sub[preds].astype(float)
+            if how == "z":
+                y = (y - y.mean()) / y.std()
+                X = (X - X.mean()) / X.std()
+            res = sm.OLS(y.astype(float), sm.add_constant(X, has_constant="add")).fit(cov_type="HC3")
             ci = res.conf_int()
             for term in preds:
-                rows.append({"derivation": d, "slopes": source, "model": " + ".join(preds), "term": term,
-                             "beta": res.params[term], "se": res.bse[term], "statistic": res.tvalues[term],
-                             "p_value": res.pvalues[term], "ci_low": ci.loc[term, 0], "ci_high": ci.loc[term, 1],
-                             "r_squared": res.rsquared, "n_roles": len(sub)})
+                rows.append({"derivation": d, "slopes": source, "model": "slope ~ " + " + ".join(preds), "term": term,
+                             "ratings": how, "estimate": res.params[term], "se": res.bse[term],
+                             "statistic": res.tvalues[term], "p_value": res.pvalues[term], "ci_low": ci.loc[term, 0],
+                             "ci_high": ci.loc[term, 1], "r_squared": res.rsquared, "n_roles": len(sub)})
     return pd.DataFrame(rows)
 
 
-def rating_multilevel(means: pd.DataFrame, roles: pd.DataFrame, rating: str, backend: str = "statsmodels",
-                      random_slopes: bool = True) -> pd.DataFrame:
-    """One step, per derivation: magnitude * z(rating) with role (and response) random effects."""
-    z = roles.set_index("role")[rating]
-    df = means[(means["condition"] == "steered") & means["role"].map(z).notna()].copy()
-    rated = z[z.index.isin(df["role"])]
-    df["z_rating"] = df["role"].map((rated - rated.mean()) / rated.std())
-    formula = ("mean_log_prob ~ magnitude * z_rating + "
-               + ("(magnitude | role)" if random_slopes else "(1 | role)") + " + (1 | response_id)")
+def rating_multilevel(means: pd.DataFrame, roles: pd.DataFrame, rating: str, model: SteeringModel,
+                      backend: str = "python", how: str = "center") -> pd.DataFrame:
+    """One step, per derivation: the steering model with `rating` in place of `group`."""
+    formula = model.formula()
+    if "group" not in formula:
+        return pd.DataFrame()
+    formula = formula.replace("group", rating)
+    rated = transform_ratings(roles, [rating], how).set_index("role")[rating]
+    df, _ = steered_rows(means)
+    df = df.assign(**{rating: df["role"].map(rated)}).dropna(subset=[rating])
     out = []
     for d, part in df.groupby("derivation", sort=True):
-        fit = fit_mixed(part, formula, backend)
-        out.append(fit.fixed.assign(derivation=d, rating=rating, converged=fit.converged,
-                                    messages="; ".join(fit.messages)))
+        if part["role"].nunique() < 3:
+            continue
+        fit = fit_mixed(part, formula, backend, source=f"the steered rows of derivation {d}")
+        out.append(fit.fixed.assign(derivation=d, rating=rating, ratings=how, formula=fit.formula))
+    if not out:
+        return pd.DataFrame()
     res = pd.concat(out, ignore_index=True)
     return res[["derivation", "rating", *[c for c in res.columns if c not in ("derivation", "rating")]]]
+

@@ -78,7 +78,7 @@ def render(run: str | Path, out: str | Path, params: dict | None = None, engine:
     from nbconvert import HTMLExporter
 
     nb = qmd_to_notebook(REPORT_SOURCE.read_text(), params)
-    from animacy.analysis.mixed import environment_without_r
+    from animacy.analysis.mixed_r import environment_without_r
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out)}})
     client.execute(env=environment_without_r())

@@ -27,7 +27,7 @@ import pyarrow as pa
 from animacy.atomic import write_json, write_parquet
 from animacy.progress import progress
 from animacy.provenance import provenance
-from animacy.run import MANIFEST, VECTORS_DIR, VECTORS_FILE, table_path
+from animacy.run import MANIFEST, VECTORS_DIR, VECTORS_FILE, Run, table_path
 from animacy.schema import CONTROL_GROUP, DERIVATIONS, REDUCTIONS
 
 GROUPS = ("High Mental, High Physical", "Low Mental, High Physical", "Low Mental, Low Physical")
@@ -268,3 +268,16 @@ def _write_tables(out, roles, responses, labels, activations, wg_rows, vec_store
     with atomic_path(out / VECTORS_DIR / VECTORS_FILE) as tmp:
         save_file({k: np.stack(v).astype(np.float32) for k, v in vec_store.items()}, str(tmp))
     write_parquet(pd.DataFrame(vec_index), table_path(out, "vectors_index"))
+
+
+def example_means(seed: int = 0) -> pd.DataFrame:
+    """Response means (first 50 tokens) of a small simulated study with one derivation: the table the
+    steering models take, for examples and doctests."""
+    import tempfile
+
+    from animacy.analysis.aggregate import response_means
+
+    cfg = SimConfig(roles_per_group=6, controls=2, tasks=2, replicates=2, tokens=20, magnitudes=(0.0, 2.0, 4.0),
+                    derivations=(DERIVATIONS[0],), seed=seed)
+    with tempfile.TemporaryDirectory(prefix="animacy-example-") as tmp:
+        return response_means(Run(simulate(Path(tmp) / "run", cfg, quiet=True)))

@@ -15,27 +15,38 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from animacy.analysis.groups import apply_rule, is_control
 from animacy.analysis.mixed import MixedFit, fit_mixed
 from animacy.errors import ConfigError
-from animacy.schema import CONTROL_GROUP
 
 
 @dataclass
 class SteeringModel:
-    """Which model to fit: random terms beyond (1 | role), and the outcome column."""
+    """Which model to fit: the user's own formula (lme4 syntax), or the default built from the switches.
+
+    In a formula, `log_prob` (or `mean_log_prob`) is a response's mean log-prob over its first N tokens
+    while steered, `relative_recovery` its relative recovery, `task` (or `task_id`) its task.
+    """
 
     outcome: str = "mean_log_prob"
     response: bool = True  # (1 | response_id): a response seen at several magnitudes
     task: bool = False  # crossed (1 | task_id)
     random_slopes: bool = True  # (magnitude | role): roles differ in steerability
+    formula_text: str | None = None  # the user's formula; overrides the switches above
 
     def formula(self) -> str:
+        if self.formula_text:
+            return self.formula_text
         parts = [f"{self.outcome} ~ magnitude * group", "(magnitude | role)" if self.random_slopes else "(1 | role)"]
         if self.response:
             parts.append("(1 | response_id)")
         if self.task:
             parts.append("(1 | task_id)")
         return " + ".join(parts)
+
+    @property
+    def needs_recovery(self) -> bool:
+        return "relative_recovery" in self.formula()
 
 
 def with_relative_recovery(means: pd.DataFrame, guard: float = 0.05) -> pd.DataFrame:
@@ -51,17 +62,13 @@ def with_relative_recovery(means: pd.DataFrame, guard: float = 0.05) -> pd.DataF
         relative_recovery=rr.where(gap.abs() >= guard))
 
 
-def steered_rows(means: pd.DataFrame, reference_group: str | None = None) -> pd.DataFrame:
-    """Steered rows of non-control roles, `group` categorical with the reference level first."""
-    df = means[(means["condition"] == "steered") & (means["group"] != CONTROL_GROUP)].copy()
-    if df.empty:
-        raise ConfigError("response means", "there are no steered rows to model")
-    groups = sorted(df["group"].unique())
-    ref = reference_group or groups[0]
-    if ref not in groups:
-        raise ConfigError("--reference-group", f"'{ref}' is not a group of this run (groups: {', '.join(groups)})")
-    df["group"] = pd.Categorical(df["group"], [ref, *[g for g in groups if g != ref]])
-    return df
+def steered_rows(means: pd.DataFrame, reference_group: str | None = None) -> tuple[pd.DataFrame, str]:
+    """Steered rows of non-control roles under the group rule, with the formula aliases `log_prob` and
+    `task`; (rows, reference group)."""
+    df, ref = apply_rule(means[means["condition"] == "steered"], reference_group)
+    if df.empty or ref is None:
+        raise ConfigError("response means", "there are no steered rows of non-control roles to model")
+    return df.assign(log_prob=df["mean_log_prob"], task=df["task_id"]), ref
 
 
 @dataclass
@@ -75,24 +82,23 @@ class SteeringFits:
 
 
 def fit_steering(
-    means: pd.DataFrame, model: SteeringModel | None = None, backend: str = "statsmodels",
+    means: pd.DataFrame, model: SteeringModel | None = None, backend: str = "python",
     reference_group: str | None = None,
 ) -> SteeringFits:
-    """Fit the model for every derivation (reference group: the one given, else the first in order)."""
+    """Fit the model for every derivation (reference group and controls: the group rule)."""
     model = model or SteeringModel()
-    if model.outcome == "relative_recovery" and "relative_recovery" not in means:
+    if model.needs_recovery and "relative_recovery" not in means:
         means = with_relative_recovery(means)
-    df = steered_rows(means, reference_group).dropna(subset=[model.outcome])
+    df, ref = steered_rows(means, reference_group)
     fixed, variance, fits = [], [], {}
     for d, part in df.groupby("derivation", sort=True):
-        fit = fit_mixed(part, model.formula(), backend)
+        fit = fit_mixed(part, model.formula(), backend, source=f"the steered rows of derivation {d}")
         fits[d] = fit
-        fixed.append(fit.fixed.assign(derivation=d, converged=fit.converged, messages="; ".join(fit.messages)))
-        variance.append(fit.variance.assign(derivation=d, backend=backend))
+        fixed.append(fit.fixed.assign(derivation=d, formula=fit.formula))
+        variance.append(fit.variance.assign(derivation=d, backend=backend, formula=fit.formula))
     fixed_df = pd.concat(fixed, ignore_index=True)
     order = ["derivation", *[c for c in fixed_df.columns if c != "derivation"]]
-    return SteeringFits(fixed_df[order], pd.concat(variance, ignore_index=True), fits,
-                        str(df["group"].cat.categories[0]))
+    return SteeringFits(fixed_df[order], pd.concat(variance, ignore_index=True), fits, ref)
 
 
 def slope_differences_delta(fits: dict[str, MixedFit], reference_group: str) -> pd.DataFrame:
@@ -101,6 +107,8 @@ def slope_differences_delta(fits: dict[str, MixedFit], reference_group: str) -> 
     rows = []
     for d, fit in fits.items():
         est = fit.fixed.set_index("term")
+        if "magnitude" not in est.index:
+            continue
         a = est.loc["magnitude", "estimate"]
         for term in est.index:
             if not term.startswith("magnitude:group[T."):
@@ -115,13 +123,14 @@ def slope_differences_delta(fits: dict[str, MixedFit], reference_group: str) -> 
             group = term[len("magnitude:group[T."):-1]
             rows.append({"derivation": d, "group": group, "reference_group": reference_group,
                          "pct_difference": pct, "ci_low": pct - q * se, "ci_high": pct + q * se,
-                         "p_value": est.loc[term, "p_value"], "method": f"delta ({est.loc[term, 'backend']})"})
+                         "p_value": est.loc[term, "p_value"], "method": f"delta ({est.loc[term, 'backend']})",
+                         "formula": fit.formula, "converged": fit.converged, "messages": "; ".join(fit.messages)})
     return pd.DataFrame(rows)
 
 
 def role_slopes(means: pd.DataFrame) -> pd.DataFrame:
     """Per-role OLS steering slope (and its se) for every derivation, from the role's steered rows."""
-    df = means[(means["condition"] == "steered") & (means["group"] != CONTROL_GROUP)]
+    df = means[(means["condition"] == "steered") & ~is_control(means)]
     rows = []
     for (d, role, group), part in df.groupby(["derivation", "role", "group"], sort=True, observed=True):
         x, y = part["magnitude"].to_numpy(float), part["mean_log_prob"].to_numpy(float)

@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from animacy.analysis import BACKENDS
 from animacy.errors import ConfigError, DataError
 
 
@@ -129,16 +130,27 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     from animacy.sources import open_source
 
     out = Path(a.out)
-    if a.task and a.backend == "statsmodels":
-        print("animacy: note: statsmodels fits crossed (1 | task_id) effects as variance components of one "
-              "group, which is slow on large studies; --backend lme4 is much faster", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
         run = open_source(a.source, work, a.roles_csv)
         summary = analyze(run, out, AnalyzeOptions(
             first_n=a.first_n, backend=a.backend, reference_group=a.reference_group, task=a.task,
-            random_slopes=not a.no_random_slopes, outcome=a.outcome, n_boot=a.n_boot, seed=a.seed, umap=not a.no_umap,
-            label_method=a.label_method, quiet=a.quiet))
+            random_slopes=not a.no_random_slopes, outcome=a.outcome, formula=a.formula, ratings=a.ratings,
+            n_boot=a.n_boot, seed=a.seed, umap=not a.no_umap, label_method=a.label_method, quiet=a.quiet))
+    for line in summary["skipped"]:
+        print(f"animacy: skipped {line}", file=sys.stderr)
     print(f"analysis of {summary['n_responses']:,} responses written to {out}")
+    return 0
+
+
+def cmd_fit(a: argparse.Namespace) -> int:
+    from animacy.analysis.fitcmd import fit_table
+
+    fit = fit_table(a.table, a.formula, a.out, family=a.family, backend=a.backend, reml=a.reml, check=a.check,
+                    columns=a.columns)
+    print(fit.fixed.drop(columns=["messages"]).to_string(index=False, float_format=lambda x: f"{x:.6g}"))
+    state = "converged" if fit.converged else "NOT CONVERGED: " + "; ".join(fit.messages)
+    print(f"{fit.formula} ({fit.family}, {fit.backend}, n = {fit.n:,}): {state}")
+    print(f"wrote {a.out}/fixed.csv, variance.csv, fit.json")
     return 0
 
 
@@ -200,10 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--roles-csv", default=None, help="ratings keyed by role, for a flat CSV")
     s.add_argument("--first-n", type=int, default=50, help="tokens averaged per response (default 50)")
-    s.add_argument("--backend", choices=["statsmodels", "lme4"], default="statsmodels",
-                   help="mixed-model backend; lme4 (R) is much faster for crossed designs (--task)")
+    s.add_argument("--backend", choices=BACKENDS, default="python",
+                   help="mixed-model backend: python (lme4's criteria, no R), lme4 (R), statsmodels")
+    s.add_argument("--formula", default=None,
+                   help="the steering model in lme4 syntax, e.g. 'log_prob ~ magnitude * group + (1 | role)' "
+                        "(log_prob: a response's mean log-prob over its first N tokens)")
+    s.add_argument("--ratings", choices=["center", "z"], default="center",
+                   help="ratings enter centred (per rating point) or z-scored (per sd)")
     s.add_argument("--reference-group", default=None, help="default: the first group in sort order")
-    s.add_argument("--task", action="store_true", help="add a crossed (1 | task_id)")
+    s.add_argument("--task", action="store_true", help="add a crossed (1 | task_id) to the default model")
     s.add_argument("--no-random-slopes", action="store_true", help="(1 | role) instead of (magnitude | role)")
     s.add_argument("--outcome", choices=["mean_log_prob", "relative_recovery"], default="mean_log_prob",
                    help="the mixed models' outcome: mean log-prob of the first N tokens, or relative recovery")
@@ -223,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run folder (or flat tokens CSV)")
     s.add_argument("--out", required=True, help="output folder for report.html and the analysis tables")
     s.add_argument("--engine", choices=["auto", "quarto", "nbclient"], default="auto")
-    s.add_argument("--backend", choices=["statsmodels", "lme4"], default="statsmodels")
+    s.add_argument("--backend", choices=BACKENDS, default="python")
     s.add_argument("--n-boot", type=int, default=500)
     s.set_defaults(func=cmd_report)
 
@@ -252,11 +269,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pct-difference", type=float, default=14.0, help="true slope difference in percent")
     s.add_argument("--sims", type=int, default=100)
     s.add_argument("--alpha", type=float, default=0.05)
-    s.add_argument("--backend", choices=["statsmodels", "lme4"], default="statsmodels")
+    s.add_argument("--backend", choices=BACKENDS, default="python")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="write the table as CSV")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_power)
+
+    s = sub.add_parser("fit", help="fit any mixed model (lme4 formula) to a table with one row per observation")
+    s.add_argument("table", help="CSV, CSV.gz or Parquet (a file or a folder of parts)")
+    s.add_argument("--formula", required=True, help="lme4 syntax, e.g. 'y ~ x * g + (1 | role) + (1 | task)'")
+    s.add_argument("--family", choices=["gaussian", "binomial"], default="gaussian")
+    s.add_argument("--backend", choices=BACKENDS, default="python")
+    s.add_argument("--reml", action=argparse.BooleanOptionalAction, default=True,
+                   help="REML (default) or ML (--no-reml) for gaussian models")
+    s.add_argument("--check", action="store_true",
+                   help="refit with another backend (lme4 where R is present) and report the largest differences")
+    s.add_argument("--columns", default=None, help="rename columns first: new=old,new2=old2")
+    s.add_argument("--out", required=True, help="folder for fixed.csv, variance.csv and fit.json")
+    s.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("validate", help="check a run folder or flat CSV against the data contract")
     s.add_argument("source")

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from animacy.analysis.aggregate import response_means
-from animacy.analysis.mixed import r_available
+from animacy.analysis.mixed_r import r_available
 from animacy.analysis.simulate import SimConfig, simulate
 from animacy.analysis.steering import SteeringModel, fit_steering
 from animacy.run import Run

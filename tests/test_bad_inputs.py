@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from animacy.analysis.mixed import environment_without_r
+from animacy.analysis.mixed_r import environment_without_r
 from animacy.cli import main
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from animacy.analysis.mixed import environment_without_r
+from animacy.analysis.mixed_r import environment_without_r
 from animacy.cli import main
 from animacy.run import Run
 from tests.collect_fixtures import torch  # noqa: F401  (skips without torch)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from animacy.analysis.mixed import environment_without_r
+from animacy.analysis.mixed_r import environment_without_r
 from tests.collect_fixtures import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from animacy.analysis.mixed import environment_without_r
+from animacy.analysis.mixed_r import environment_without_r
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torch", "transformers", "vllm", "accelerate", "gguf", "animacy.collect")

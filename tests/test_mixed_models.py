@@ -1,14 +1,13 @@
-"""Mixed models: both backends against lme4's published sleepstudy fit, against each other on simulated
-studies, and against the simulator's known slopes."""
+"""Steering models: the backends against each other on simulated studies, and against the simulator's known
+slopes (the backends against R on reference data: test_formula_fits.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from animacy.analysis.aggregate import response_means
-from animacy.analysis.mixed import fit_mixed, parse_formula, r_available
+from animacy.analysis.mixed_r import r_available
 from animacy.analysis.simulate import GROUPS, SimConfig, simulate
 from animacy.analysis.steering import (
     SteeringModel,
@@ -20,44 +19,6 @@ from animacy.analysis.steering import (
 from animacy.run import Run
 
 needs_r = pytest.mark.skipif(not r_available(), reason="R with lme4 + lmerTest (and rpy2) is not installed")
-
-
-@pytest.fixture(scope="module")
-def sleepstudy() -> pd.DataFrame:
-    if not r_available():
-        pytest.skip("sleepstudy is read from R's lme4 package, which is not installed")
-    import rpy2.robjects as ro
-    from rpy2.robjects import pandas2ri
-    from rpy2.robjects.conversion import localconverter
-
-    ro.r("suppressPackageStartupMessages(library(lme4))")
-    with localconverter(ro.default_converter + pandas2ri.converter):
-        df = ro.conversion.rpy2py(ro.r("sleepstudy"))
-    return df.assign(Subject=df["Subject"].astype(str)).reset_index(drop=True)
-
-
-@pytest.mark.r
-@pytest.mark.parametrize("backend", ["statsmodels", "lme4"])
-def test_sleepstudy_matches_lme4_published_fit(sleepstudy, backend):
-    fit = fit_mixed(sleepstudy, "Reaction ~ Days + (Days | Subject)", backend)
-    t = fit.fixed.set_index("term")
-    published = {"Intercept": (251.405, 6.825), "Days": (10.467, 1.546)}
-    for term, (est, se) in published.items():
-        assert t.loc[term, "estimate"] == pytest.approx(est, rel=1e-3)
-        assert t.loc[term, "se"] == pytest.approx(se, rel=1e-3)
-    v = fit.variance.set_index(["group", "term"])["variance"]
-    assert v[("Subject", "Intercept")] == pytest.approx(612.10, rel=1e-3)
-    assert v[("Subject", "Days")] == pytest.approx(35.07, rel=1e-3)
-    assert fit.converged and not fit.messages
-    assert set(fit.fixed.columns) >= {"term", "estimate", "se", "df", "statistic", "p_value", "ci_low", "ci_high",
-                                      "backend"}
-    if backend == "lme4":  # Satterthwaite df: 17 for both terms in this balanced design
-        assert t.loc["Days", "df"] == pytest.approx(17.0, abs=0.01)
-
-
-def test_formula_parsing():
-    assert parse_formula("y ~ magnitude * group + (magnitude | role) + (1 | task_id)") == (
-        "y", "magnitude * group", [("magnitude", "role"), ("1", "task_id")])
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +35,12 @@ def sim_means(tmp_path_factory):
 def test_backends_agree_on_a_simulated_study(sim_means, random_slopes):
     means, _ = sim_means
     model = SteeringModel(random_slopes=random_slopes)
-    a = fit_steering(means, model, "statsmodels").fixed
+    a = fit_steering(means, model, "python").fixed
     b = fit_steering(means, model, "lme4").fixed
-    m = a.merge(b, on=["derivation", "term"], suffixes=("_sm", "_r"))
+    m = a.merge(b, on=["derivation", "term"], suffixes=("_py", "_r"))
     assert len(m) == len(a) == len(b) == 12
-    np.testing.assert_allclose(m["estimate_sm"], m["estimate_r"], rtol=1e-3)
-    np.testing.assert_allclose(m["se_sm"], m["se_r"], rtol=2e-2)
+    np.testing.assert_allclose(m["estimate_py"], m["estimate_r"], rtol=1e-3)
+    np.testing.assert_allclose(m["se_py"], m["se_r"], rtol=1e-3)
     assert set(m["term"]) == {"Intercept", "magnitude", f"group[T.{GROUPS[1]}]", f"group[T.{GROUPS[2]}]",
                               f"magnitude:group[T.{GROUPS[1]}]", f"magnitude:group[T.{GROUPS[2]}]"}
 
@@ -88,7 +49,7 @@ def test_known_slopes_and_differences_are_recovered(sim_means):
     """Estimates lie within 4 standard errors of the truth (a false alarm about 1 in 16,000 per check;
     interval coverage itself is measured by simulation in benchmarks/coverage.py)."""
     means, truth = sim_means
-    fit = fit_steering(means, SteeringModel(), "statsmodels")
+    fit = fit_steering(means, SteeringModel(), "python")
     variance, fits = fit.variance, fit.fits
     assert fit.reference_group == GROUPS[0]
     for d, fit in fits.items():

@@ -19,7 +19,7 @@ from animacy.analysis.geometry import (
     direction_validation,
     pca_variance,
 )
-from animacy.analysis.mixed import r_available
+from animacy.analysis.mixed_r import r_available
 from animacy.analysis.power import power_curve, wilson
 from animacy.analysis.ratings import rating_columns, rating_regressions
 from animacy.analysis.simulate import GROUPS, SimConfig, simulate
