@@ -12,10 +12,10 @@ from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 from animacy.analysis import trained
 from animacy.analysis.judge import Judge
 from animacy.analysis.rules import classify_rules
-from animacy.atomic import write_parquet
 from animacy.errors import ConfigError, DataError
+from animacy.labels import store_labels
 from animacy.resources import HAND_LABELS
-from animacy.run import Run, table_path
+from animacy.run import Run
 from animacy.schema import LABELS
 
 METHODS = ("rules", "judge", "trained")
@@ -120,9 +120,4 @@ def label_run(run: Run, method: str, judge: Judge | None = None, quiet: bool = F
                           "label": pred[lab].astype("int64"),
                           "score": pred.get(f"{lab}_score", pd.Series(np.nan, index=pred.index)).astype(float)})
             for lab in LABELS]
-    new = pd.concat(rows, ignore_index=True)
-    if run.has("labels"):
-        old = run.read("labels")
-        new = pd.concat([old[old["method"] != name], new], ignore_index=True)
-    write_parquet(new, table_path(run.path, "labels"))
-    return new
+    return store_labels(run, pd.concat(rows, ignore_index=True))

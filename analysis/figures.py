@@ -87,6 +87,9 @@ def embeddings(emb: pd.DataFrame, derivation: str, layer: int) -> alt.Chart:
 
 
 def word_guess(wg: pd.DataFrame) -> alt.Chart:
+    """Rise in the role word's log-prob against magnitude (pooled over prompts), by group and derivation."""
+    if "prompt" in wg:
+        wg = wg[wg["prompt"] == "all"]
     base = alt.Chart().encode(x="magnitude:Q", color=GROUP)
     line = base.mark_line(point=True).encode(y=alt.Y("mean_rise:Q", title="rise in log p(role word)"))
     err = base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title="rise in log p(role word)"), y2="ci_high:Q")

@@ -31,10 +31,11 @@ from animacy.analysis.steering import (
     slope_differences_bootstrap,
     slope_differences_delta,
 )
-from animacy.analysis.wordguess import word_guess_effects
+from animacy.analysis.wordguess import word_guess_effects, word_guess_models
 from animacy.atomic import write_csv, write_json, write_parquet
 from animacy.provenance import provenance
 from animacy.run import Run, connect
+from animacy.support import support
 
 
 @dataclass
@@ -47,6 +48,7 @@ class AnalyzeOptions:
     outcome: str = "mean_log_prob"  # or relative_recovery
     formula: str | None = None  # the steering model in lme4 syntax; overrides task/random_slopes/outcome
     ratings: str = "center"  # or z
+    rating_models: tuple[str, ...] = ("anim_mental", "anim_physical")  # one-step models; () for every rating
     n_boot: int = 1000
     seed: int = 0
     umap: bool = True
@@ -64,30 +66,28 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     con = connect()
-    means = response_means(run, options.first_n, con)
-    positions = position_means(run, con=con)
+    supported = support(run)
+    skipped = [f"{name}: {why}" for name, why in supported.items() if why is not None]
+    has_tokens = run.has("tokens")
+    means = response_means(run, options.first_n, con) if has_tokens else pd.DataFrame(
+        columns=["response_id", "condition"])
+    positions = position_means(run, con=con) if has_tokens else pd.DataFrame()
     source = {"run": str(run.path), "manifest": run.manifest}
     boot = {"n_boot": options.n_boot, "seed": options.seed}
     conditions = set(means["condition"].unique())
-    skipped: list[str] = []
     tables: dict[str, pd.DataFrame] = {}
     gap = None
-    if {"with_prompt", "without_prompt"} <= conditions:
+    if supported["gap curves and relative recovery"] is None:
         gap = gap_by_role(positions)
         tables["gap_curve.csv"] = gap_curve_bands(gap, **boot)
-    else:
-        skipped.append("gap curve and relative recovery: the tokens table has no with_prompt / without_prompt pair "
-                       "(teacher forcing with and without the role prompt)")
     roles = run.read("roles")
     model = SteeringModel(outcome=options.outcome, task=options.task, random_slopes=options.random_slopes,
                           formula_text=options.formula)
     steering: dict = {"formula": model.formula()}
-    if "steered" in conditions:
+    if supported["steering models and slopes"] is None:
         tables |= _steering_tables(means, positions, gap, roles, model, options, steering, skipped,
                                    run.manifest.get("magnitude_units"))
-    else:
-        skipped.append("steering models, slopes and rating models: the tokens table has no steered rows")
-    tables |= _other_tables(run, roles, options, skipped)
+    tables |= _other_tables(run, roles, options, supported, skipped)
     write_parquet(means, out / "response_means.parquet", metadata=source)
     write_parquet(positions, out / "position_means.parquet", metadata=source)
     tables = {name: table for name, table in tables.items() if len(table.columns)}  # nothing to say: no file
@@ -100,7 +100,7 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
         "group_rule": RULE,
         "n_roles": len(roles),
         "roles_per_group": {str(k): int(v) for k, v in roles["group"].value_counts().sort_index().items()},
-        "n_responses": int(means["response_id"].nunique()),
+        "n_responses": len(run.read("responses", ["response_id"])),
         "conditions": sorted(conditions),
         "tables": ["response_means.parquet", "position_means.parquet", *tables],
         "skipped": skipped,
@@ -166,21 +166,22 @@ def _steering_tables(means, positions, gap, roles, model: SteeringModel, options
     if not blups.empty:
         regs.append(rating_regressions(blups, roles, "blup", ratings, options.ratings, base))
     tables["rating_regressions.csv"] = pd.concat(regs, ignore_index=True)
-    multi = [rating_multilevel(means, roles, r, model, options.backend, options.ratings) for r in ratings]
+    chosen = [r for r in ratings if r in options.rating_models] if options.rating_models else ratings
+    multi = [rating_multilevel(means, roles, r, model, options.backend, options.ratings) for r in chosen]
     multi = [m for m in multi if not m.empty]
     if multi:
         tables["rating_multilevel.csv"] = pd.concat(multi, ignore_index=True)
     return tables
 
 
-def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions,
+def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions, supported: dict,
                   skipped: list[str]) -> dict[str, pd.DataFrame]:
     """Tables from the optional parts of a run: labels, vectors, activations, word guess."""
     tables: dict[str, pd.DataFrame] = {}
     boot = {"n_boot": options.n_boot * 2, "seed": options.seed}
     groups = roles.set_index("role")["group"]
     denied = None
-    if run.has("labels"):
+    if supported["denial and AI-claim statistics"] is None:
         labels = label_table(run.read("responses"), run.read("labels"), roles, options.label_method)
         by_role, by_group = rates(labels, **boot)
         tables |= {"denial_rates_by_role.csv": by_role, "denial_rates_by_group.csv": by_group}
@@ -192,10 +193,7 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions,
         tables["denial_models.csv"] = pd.concat(models, ignore_index=True)
         d = labels[labels["classifier"] == "denies_experience"]
         denied = d.set_index("response_id")["label"].astype(bool)
-    else:
-        skipped.append("denial rates and models: the run has no labels table (animacy classify RUN, or "
-                       "animacy labels import)")
-    if run.has("vectors_index"):
+    if supported["vector geometry"] is None:
         index, tensors = run.load_vectors()
         mats = role_matrices(index, tensors)
         pairs = cosine_similarities(mats, groups)
@@ -203,20 +201,20 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions,
                                                                                         options.umap),
                    "cosine_pairs.csv": pairs, "cosine_by_group.csv": cosine_by_group(pairs),
                    "assistant_axis_projection.csv": axis_projections(index, tensors, mats, groups)}
-    else:
-        skipped.append("vector geometry: the run has no vectors")
-    if not run.has("activations"):
-        skipped.append("direction validation: the run has no activations")
-    elif not roles["is_control"].any():
-        skipped.append("direction validation: the run has no control roles to separate the roles from")
-    else:
+    if supported["direction validation"] is None:
         acts = load_activations(run)
         tables["direction_validation.csv"] = direction_validation(acts, roles.set_index("role")["is_control"],
                                                                   seed=options.seed)
         if denied is not None:
             tables["denial_similarity.csv"] = denial_similarity(acts, denied)
-    if run.has("word_guess"):
-        tables["word_guess.csv"] = word_guess_effects(run.read("word_guess"), roles, **boot)
+    if supported["word guess"] is None:
+        wg = run.read("word_guess")
+        tables["word_guess.csv"] = word_guess_effects(wg, roles, **boot)
+        formula = options.formula.replace("mean_log_prob", "log_prob") if options.formula else None
+        if formula and "response_id" in formula:
+            formula = None  # word-guess rows have no response; the default model is used
+        tables["word_guess_models.csv"] = word_guess_models(wg, roles, formula, options.backend,
+                                                            options.reference_group)
     return tables
 
 

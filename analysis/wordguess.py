@@ -1,26 +1,73 @@
-"""Word-guess generalisation: how much does steering raise the log-probability of the role word, on a
-task the vectors were not fitted on?"""
+"""Word-guess generalisation, as the original study did it: how much does steering raise the log-probability
+of the role word, on prompts the vectors were not fitted on?
+
+The rise of a row is its log-prob minus its baseline: the unsteered row (no derivation) where the run has
+one, else the same derivation's row at magnitude 0 (the study's sweeps start at 0). Rises are reported
+per prompt and pooled over prompts, by group x derivation x magnitude, with role-clustered intervals;
+the mixed models go through the formula interface, one per derivation.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from animacy.analysis.bootstrap import MIN_CLUSTERS, role_interval
+from animacy.analysis.groups import apply_rule
+from animacy.analysis.mixed import fit_mixed
+
+DEFAULT_FORMULA = "log_prob ~ magnitude * group + (1 | role)"
+
+
+def with_rise(word_guess: pd.DataFrame) -> pd.DataFrame:
+    """Steered rows with `rise` over their baseline."""
+    wg = word_guess.copy()
+    for c in ("prompt", "replicate", "layers"):
+        if c not in wg:
+            wg[c] = None
+    key = ["role", "prompt", "replicate", "target"]
+    wg[key] = wg[key].astype(str)
+    steered = wg[wg["derivation"].notna()].copy()
+    unsteered = wg[wg["derivation"].isna()].set_index(key)["log_prob"]
+    if len(unsteered):
+        base = unsteered.reindex(pd.MultiIndex.from_frame(steered[key])).to_numpy()
+    else:
+        zero = steered[steered["magnitude"] == 0].set_index([*key, "derivation", "layers"])["log_prob"]
+        base = zero.reindex(pd.MultiIndex.from_frame(steered[[*key, "derivation", "layers"]])).to_numpy()
+    return steered.assign(rise=steered["log_prob"].to_numpy() - base)
+
 
 def word_guess_effects(word_guess: pd.DataFrame, roles: pd.DataFrame, n_boot: int = 2000,
                        seed: int = 0) -> pd.DataFrame:
-    """Per group x derivation x magnitude: mean rise in the target's log-prob over the unsteered
-    prompt, with a role-clustered bootstrap interval."""
-    base = word_guess[word_guess["derivation"].isna()].set_index(["role", "target"])["log_prob"]
-    st = word_guess[word_guess["derivation"].notna()].copy()
-    st["rise"] = st["log_prob"].to_numpy() - base.reindex(pd.MultiIndex.from_frame(st[["role", "target"]])).to_numpy()
-    st = st.merge(roles[["role", "group"]], on="role")
+    """Mean rise per prompt (and pooled: prompt 'all') x group x derivation x magnitude, each role once, with
+    a role-clustered bootstrap interval (none for groups of fewer than 5 roles)."""
+    st = with_rise(word_guess).merge(roles[["role", "group"]], on="role").dropna(subset=["rise"])
+    pooled = st.assign(prompt="all")
     rng = np.random.default_rng(seed)
     rows = []
-    for (g, d, m), part in st.dropna(subset=["rise"]).groupby(["group", "derivation", "magnitude"], sort=True):
+    for (p, g, d, m), part in pd.concat([st, pooled]).groupby(["prompt", "group", "derivation", "magnitude"],
+                                                               sort=True):
         per_role = part.groupby("role")["rise"].mean().to_numpy()
-        boot = per_role[rng.integers(0, len(per_role), (n_boot, len(per_role)))].mean(1)
-        rows.append({"group": g, "derivation": d, "magnitude": m, "mean_rise": per_role.mean(),
-                     "ci_low": np.percentile(boot, 2.5), "ci_high": np.percentile(boot, 97.5),
-                     "n_roles": len(per_role)})
+        lo, hi = role_interval(per_role, n_boot, rng)
+        rows.append({"prompt": p, "group": g, "derivation": d, "magnitude": m, "mean_rise": per_role.mean(),
+                     "ci_low": lo, "ci_high": hi, "n_roles": len(per_role),
+                     "note": "" if len(per_role) >= MIN_CLUSTERS else f"fewer than {MIN_CLUSTERS} roles: no interval"})
     return pd.DataFrame(rows)
+
+
+def word_guess_models(word_guess: pd.DataFrame, roles: pd.DataFrame, formula: str | None = None,
+                      backend: str = "python", reference_group: str | None = None) -> pd.DataFrame:
+    """The formula (default: log_prob ~ magnitude * group + (1 | role), plus (1 | prompt) where there are
+    several prompts) per derivation on the steered word-guess rows, under the group rule."""
+    wg = word_guess[word_guess["derivation"].notna()].merge(roles[["role", "group", "is_control"]], on="role")
+    rows, _ = apply_rule(wg, reference_group)
+    if rows.empty or rows["magnitude"].nunique() < 2 or rows["role"].nunique() < 2:
+        return pd.DataFrame()
+    if formula is None:
+        formula = DEFAULT_FORMULA + (" + (1 | prompt)" if "prompt" in rows and rows["prompt"].nunique() > 1 else "")
+    out = []
+    for d, part in rows.groupby("derivation", sort=True):
+        fit = fit_mixed(part, formula, backend, source=f"the word-guess rows of derivation {d}")
+        out.append(fit.fixed.assign(derivation=d, formula=fit.formula))
+    res = pd.concat(out, ignore_index=True)
+    return res[["derivation", *[c for c in res.columns if c != "derivation"]]]

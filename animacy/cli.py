@@ -131,10 +131,11 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
     out = Path(a.out)
     with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
-        run = open_source(a.source, work, a.roles_csv)
+        run = open_source(a.source, work, a.roles_csv, a.columns)
         summary = analyze(run, out, AnalyzeOptions(
             first_n=a.first_n, backend=a.backend, reference_group=a.reference_group, task=a.task,
             random_slopes=not a.no_random_slopes, outcome=a.outcome, formula=a.formula, ratings=a.ratings,
+            rating_models=() if a.rating_models == "all" else tuple(r for r in a.rating_models.split(",") if r),
             n_boot=a.n_boot, seed=a.seed, umap=not a.no_umap, label_method=a.label_method, quiet=a.quiet))
     for line in summary["skipped"]:
         print(f"animacy: skipped {line}", file=sys.stderr)
@@ -154,14 +155,41 @@ def cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(a: argparse.Namespace) -> int:
+    from animacy.seedstudy import import_study
+
+    run = import_study(a.files, a.out, a.roles, units=a.units)
+    tables = [n for n in ("roles", "responses", "tokens", "word_guess") if run.has(n)]
+    print(f"imported {len(a.files)} file(s) into {run.path} ({', '.join(tables)})")
+    return 0
+
+
+def cmd_labels(a: argparse.Namespace) -> int:
+    from animacy.labels import import_labels
+    from animacy.run import Run
+    from animacy.tables import parse_columns
+
+    run = Run(a.run)
+    run.validate()
+    labels = import_labels(a.table, run, [c.strip() for c in a.id_columns.split(",") if c.strip()], a.method,
+                           parse_columns(a.columns))
+    n = labels[labels["method"] == a.method]["response_id"].nunique()
+    print(f"attached {a.method} labels to {n:,} responses of {a.run}")
+    return 0
+
+
 def cmd_validate(a: argparse.Namespace) -> int:
     from animacy.sources import open_source
+    from animacy.support import support
 
     with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
-        run = open_source(a.source, work, a.roles_csv)
+        run = open_source(a.source, work, a.roles_csv, a.columns)
         tables = [n for n in ("roles", "responses", "tokens", "activations", "vectors_index", "word_guess", "labels")
                   if run.has(n)]
+        supported = support(run)
     print(f"{a.source}: valid ({', '.join(tables)})")
+    for name, why in supported.items():
+        print(f"  {'yes' if why is None else 'no '}  {name}" + ("" if why is None else f": {why}"))
     return 0
 
 
@@ -208,9 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("analyze", help="analyse a run folder or a flat per-token CSV")
-    s.add_argument("source", help="run folder, or flat tokens CSV")
+    s.add_argument("source", help="run folder, or flat tokens table (CSV, CSV.gz, Parquet, folder of parts)")
     s.add_argument("--out", required=True)
-    s.add_argument("--roles-csv", default=None, help="ratings keyed by role, for a flat CSV")
+    s.add_argument("--roles-csv", default=None, help="groups and ratings keyed by role, for a flat table")
+    s.add_argument("--columns", default=None, help="rename a flat table's (and roles CSV's) columns: role=word,...")
     s.add_argument("--first-n", type=int, default=50, help="tokens averaged per response (default 50)")
     s.add_argument("--backend", choices=BACKENDS, default="python",
                    help="mixed-model backend: python (lme4's criteria, no R), lme4 (R), statsmodels")
@@ -219,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(log_prob: a response's mean log-prob over its first N tokens)")
     s.add_argument("--ratings", choices=["center", "z"], default="center",
                    help="ratings enter centred (per rating point) or z-scored (per sd)")
+    s.add_argument("--rating-models", default="anim_mental,anim_physical",
+                   help="ratings that get the one-step model (steering model with the rating for group); 'all'")
     s.add_argument("--reference-group", default=None, help="default: the first group in sort order")
     s.add_argument("--task", action="store_true", help="add a crossed (1 | task_id) to the default model")
     s.add_argument("--no-random-slopes", action="store_true", help="(1 | role) instead of (magnitude | role)")
@@ -288,9 +319,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for fixed.csv, variance.csv and fit.json")
     s.set_defaults(func=cmd_fit)
 
-    s = sub.add_parser("validate", help="check a run folder or flat CSV against the data contract")
-    s.add_argument("source")
+    s = sub.add_parser("import", help="the original study's own files (sweeps, responses) into a run folder")
+    s.add_argument("files", nargs="+", help="the study's sweep CSVs (…_steered_<derivation>.csv[.gz]) and/or its "
+                                            "responses CSV (role, task, sample_idx, text)")
+    s.add_argument("--roles", required=True, help="the roles with groups and ratings (e.g. seed_selected_roles.csv)")
+    s.add_argument("--units", default="absolute", help="what the magnitudes are in (recorded as given)")
+    s.add_argument("--out", required=True, help="the run folder to create")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("labels", help="attach labels made elsewhere to a run's responses")
+    s.add_argument("action", choices=["import"])
+    s.add_argument("table", help="CSV, CSV.gz or Parquet with id columns and label columns")
+    s.add_argument("--run", required=True)
+    s.add_argument("--id-columns", required=True,
+                   help="the table's response_id column, or its role,task,replicate columns in that order")
+    s.add_argument("--method", default="imported", help="how the labels were made (kept in the labels table)")
+    s.add_argument("--columns", default=None, help="rename columns first: denies_experience=deny,...")
+    s.set_defaults(func=cmd_labels)
+
+    s = sub.add_parser("validate", help="check a run folder or flat table against the data contract, and say "
+                                        "which analyses it supports")
+    s.add_argument("source", help="run folder, or flat tokens table (CSV, CSV.gz, Parquet, folder of parts)")
     s.add_argument("--roles-csv", default=None)
+    s.add_argument("--columns", default=None, help="rename columns first: role=word,...")
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("export", help="write a run's tokens as the flat CSV (+ roles CSV)")

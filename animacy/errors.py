@@ -21,6 +21,7 @@ class DataError(Exception):
     value: object = None
     hint: str | None = None
     csv_line: bool = False
+    line: int | None = None  # the physical line in a text file, where it is known exactly (quoted newlines)
 
     def __post_init__(self) -> None:
         super().__init__(str(self))
@@ -31,7 +32,9 @@ class DataError(Exception):
             where.append(f"column '{self.column}'")
         if self.row is not None:
             loc = f"row {self.row + 1}"
-            if self.csv_line:
+            if self.line is not None:
+                loc += f" (line {self.line})"
+            elif self.csv_line:
                 loc += f" (line {self.row + 2})"
             where.append(loc)
         text = ", ".join(where) + ": " + self.message

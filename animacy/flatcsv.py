@@ -26,9 +26,18 @@ CHUNK_ROWS = 1_000_000
 _BLOCK = 1 << 23
 
 
-def check_text_file(path: Path) -> list[str]:
+def check_text_file(path: Path, shown: str | None = None) -> list[str]:
     """Fail clearly on a missing or empty file, non-UTF-8 bytes (with the line) or a non-comma
-    delimiter; return the header's column names."""
+    delimiter; return the header's column names. Errors name `shown` (default: the path)."""
+    try:
+        return _check_text_file(path)
+    except DataError as exc:
+        if shown is not None:
+            exc.path = shown
+        raise
+
+
+def _check_text_file(path: Path) -> list[str]:
     if not path.exists():
         raise DataError(path, "does not exist")
     if path.stat().st_size == 0:
@@ -91,16 +100,18 @@ def _as_kind(chunk: pd.DataFrame, name: str, kind: str, path: Path, offset: int)
 
 
 def read_csv_chunks(
-    path: Path, table: Table, chunk_rows: int = CHUNK_ROWS, rename: dict[str, str] | None = None
+    path: Path, table: Table, chunk_rows: int = CHUNK_ROWS, rename: dict[str, str] | None = None,
+    shown: str | None = None,
 ) -> Iterator[pa.Table]:
     """Stream a CSV as Arrow tables typed by the contract (extra columns: numbers where they parse as
     numbers throughout, else text), after renaming columns by `rename`. Raises on a missing column or
     a value of the wrong type."""
     rename = rename or {}
-    header = [rename.get(c, c) for c in check_text_file(path)]
+    shown = shown or str(path)
+    header = [rename.get(c, c) for c in check_text_file(path, shown)]
     for col in table.columns:
         if col.required and col.name not in header:
-            raise missing_column_error(str(path), table, col.name, header)
+            raise missing_column_error(shown, table, col.name, header)
     kinds = {c.name: c.kind for c in table.columns if c.name in header}
     offset = 0
     reader = pd.read_csv(
@@ -112,7 +123,7 @@ def read_csv_chunks(
             arrays = {}
             for name in chunk.columns:
                 if name in kinds:
-                    arrays[name] = _as_kind(chunk, name, kinds[name], path, offset)
+                    arrays[name] = _as_kind(chunk, name, kinds[name], shown, offset)
                 else:
                     num = pd.to_numeric(chunk[name], errors="coerce")
                     arrays[name] = pa.array(num if num.notna().sum() == chunk[name].notna().sum()
@@ -120,9 +131,9 @@ def read_csv_chunks(
             offset += len(chunk)
             yield pa.table(arrays)
     except pd.errors.ParserError as exc:
-        raise DataError(path, f"could not be parsed as CSV ({exc})") from exc
+        raise DataError(shown, f"could not be parsed as CSV ({exc})") from exc
     if offset == 0:
-        raise DataError(path, "has a header but no data rows")
+        raise DataError(shown, "has a header but no data rows")
 
 
 def read_roles_csv(path: Path, rename: dict[str, str] | None = None) -> pd.DataFrame:
@@ -138,14 +149,20 @@ def read_roles_csv(path: Path, rename: dict[str, str] | None = None) -> pd.DataF
     return df
 
 
-def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | None = None) -> Run:
-    """Turn a flat per-token CSV (+ optional roles CSV with ratings) into a validated run folder."""
+def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | None = None,
+                    rename: dict[str, str] | None = None, shown: str | Path | None = None,
+                    lines: bool = True) -> Run:
+    """Turn a flat per-token CSV (+ optional roles CSV with ratings and groups) into a validated run folder.
+    `rename` maps the files' column names to the contract's; errors name `shown` (the file the user gave,
+    when `csv` is a decompressed or converted copy) and, where `lines`, the CSV line."""
     csv, out = Path(csv), Path(out)
+    shown = str(shown or csv)
+    rename = rename or {}
     out.mkdir(parents=True, exist_ok=True)
     flat = out / "_flat.parquet"
     writer = None
     with atomic_path(flat) as tmp:
-        for chunk in read_csv_chunks(csv, FLAT_TOKENS):
+        for chunk in read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown):
             present = [c.name for c in FLAT_TOKENS.columns if c.name in chunk.column_names]
             schema = FLAT_TOKENS.arrow_schema(present)
             batch = chunk.select(present)
@@ -153,12 +170,22 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
                 writer = pq.ParquetWriter(tmp, schema)
             writer.write_table(batch)
         writer.close()
-    src = Source.of([flat], [str(csv)], csv=True)
+    src = Source.of([flat], [shown], csv=lines)
     con = connect()
     present = pq.read_schema(flat).names
     check_values(con, FLAT_TOKENS, src, present)
     check_key(con, FLAT_TOKENS, src, present)
-    _check_one_group_per_role(con, src, csv)
+    ratings = read_roles_csv(Path(roles_csv), rename) if roles_csv is not None else None
+    if "group" in present:
+        _check_one_group_per_role(con, src, shown)
+    elif ratings is None or "group" not in ratings:
+        raise DataError(shown, "has no 'group' column, and no roles CSV with one was given (--roles-csv)",
+                        column="group")
+    unused = sorted(set(rename) - set(check_text_file(csv)) - (set(check_text_file(Path(roles_csv)))
+                                                                if roles_csv is not None else set()))
+    if unused:
+        raise DataError(shown, f"has no column '{unused[0]}' to map (--columns {rename[unused[0]]}={unused[0]})",
+                        column=unused[0])
 
     rid = "response_id" if "response_id" in present else "concat_ws('|', role, task_id, replicate::VARCHAR)"
     rel = f"(SELECT *, {rid} AS _rid FROM read_parquet('{flat}'))"
@@ -169,22 +196,22 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
                    any_value(replicate) AS replicate, NULL::BIGINT AS seed, NULL::VARCHAR AS text,
                    (max(token_index) + 1)::BIGINT AS n_tokens, NULL::VARCHAR AS finish_reason
                    FROM {rel} GROUP BY _rid""", table_path(out, "responses"))
-    roles = con.execute(f"SELECT role, any_value(\"group\") AS \"group\" FROM {rel} GROUP BY role ORDER BY role").df()
-    if roles_csv is not None:
-        roles = _merge_ratings(roles, read_roles_csv(Path(roles_csv)), Path(roles_csv))
+    group = 'any_value("group")' if "group" in present else "NULL::VARCHAR"
+    roles = con.execute(f'SELECT role, {group} AS "group" FROM {rel} GROUP BY role ORDER BY role').df()
+    if ratings is not None:
+        roles = _merge_ratings(roles, ratings, Path(roles_csv), groups_from_roles="group" not in present)
     if "is_control" not in roles:
         roles["is_control"] = roles["group"] == CONTROL_GROUP
     roles["is_control"] = roles["is_control"].astype(bool)
     write_parquet(roles, table_path(out, "roles"))
     flat.unlink()
-    write_json({"kind": "imported", "source": str(csv), "roles_csv": str(roles_csv) if roles_csv else None},
-               out / MANIFEST)
-    display = {"tokens": (str(csv), True), "responses": (str(csv), True),
-               "roles": (str(roles_csv or csv), False)}
+    write_json({"kind": "imported", "source": shown, "roles_csv": str(roles_csv) if roles_csv else None,
+                "columns": rename}, out / MANIFEST)
+    display = {"tokens": (shown, lines), "responses": (shown, lines), "roles": (str(roles_csv or shown), False)}
     return Run(out, display=display)
 
 
-def _check_one_group_per_role(con, src: Source, csv: Path) -> None:
+def _check_one_group_per_role(con, src: Source, csv: str) -> None:
     hit = con.execute(
         f"""SELECT min(_ord) FROM {src.sql()} t JOIN (
               SELECT role FROM {src.sql()} GROUP BY role HAVING count(DISTINCT "group") > 1) USING (role)
@@ -196,12 +223,19 @@ def _check_one_group_per_role(con, src: Source, csv: Path) -> None:
                         column="group", row=row, csv_line=True)
 
 
-def _merge_ratings(roles: pd.DataFrame, ratings: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _merge_ratings(roles: pd.DataFrame, ratings: pd.DataFrame, path: Path, groups_from_roles: bool) -> pd.DataFrame:
+    """The tokens' roles with the roles CSV's ratings (and its groups, where the tokens table has none)."""
     missing = sorted(set(roles["role"]) - set(ratings["role"]))
     if missing:
         raise DataError(path, f"has no row for role '{missing[0]}', which the tokens table uses "
                         f"({len(missing)} roles missing)", column="role")
-    ratings = ratings.drop(columns=[c for c in ("group",) if c in ratings])
+    if groups_from_roles:
+        roles = roles.drop(columns="group")
+        if ratings["group"].isna().any():
+            i = int(np.argmax(ratings["group"].isna().to_numpy()))
+            raise DataError(path, "has no group for this role", column="group", row=i, csv_line=True)
+    else:
+        ratings = ratings.drop(columns=[c for c in ("group",) if c in ratings])
     return roles.merge(ratings, on="role", how="left")
 
 

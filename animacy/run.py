@@ -29,7 +29,7 @@ from animacy.validate import Source, check_reference, quote, validate_source
 MANIFEST = "manifest.json"
 VECTORS_DIR = "vectors"
 VECTORS_FILE = "vectors.safetensors"
-REQUIRED_TABLES = ("roles", "responses", "tokens")
+REQUIRED_TABLES = ("roles", "responses")
 
 
 def connect(threads: int | None = None, memory_limit: str = "1GB", temp_dir: str | None = None):

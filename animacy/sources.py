@@ -1,26 +1,56 @@
-"""Open what a user points at: a run folder, or a flat per-token CSV (+ optional roles CSV)."""
+"""Open what a user points at: a run folder, or a flat per-token table (CSV, CSV.gz, Parquet, or a folder
+of Parquet parts; told apart by their bytes) with an optional roles CSV, columns renamed on request."""
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import zlib
 from pathlib import Path
 
 from animacy.errors import DataError
 from animacy.flatcsv import import_flat_csv
-from animacy.run import Run
+from animacy.run import MANIFEST, Run, connect
+from animacy.tables import kind, parse_columns
 
 
-def open_source(path: str | Path, workdir: str | Path, roles_csv: str | Path | None = None) -> Run:
-    """A validated Run. A CSV is imported (streamed, checked) into `workdir` first."""
-    path = Path(path)
-    if path.is_dir():
-        if roles_csv is not None:
-            raise DataError(roles_csv, "a roles CSV goes with a flat tokens CSV; a run folder has its own roles")
-        run = Run(path)
-    elif path.suffix.lower() in (".csv", ".txt") or path.exists():
-        if path.suffix.lower() not in (".csv", ".txt"):
-            raise DataError(path, "is neither a run folder nor a .csv file")
-        run = import_flat_csv(path, workdir, roles_csv)
-    else:
+def _as_csv(path: Path, k: str, workdir: Path) -> Path:
+    """A plain CSV copy of a gzip-compressed CSV or of Parquet (a file or a folder of parts)."""
+    target = workdir / "_source.csv"
+    if k == "gzip":
+        try:
+            with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(path, f"is a damaged gzip file ({exc})") from exc
+        return target
+    files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith(".")) if k == "folder" else [path]
+    if not files:
+        raise DataError(path, "is a folder with neither a manifest.json (a run folder) nor Parquet parts")
+    con = connect()
+    try:
+        con.execute("COPY (SELECT * FROM read_parquet(?, union_by_name=true)) TO ? (FORMAT csv, HEADER)",
+                    [[str(f) for f in files], str(target)])
+    except Exception as exc:  # DuckDB's errors for damaged Parquet
+        raise DataError(path, f"cannot be read as Parquet: {str(exc).splitlines()[0]}") from exc
+    return target
+
+
+def open_source(path: str | Path, workdir: str | Path, roles_csv: str | Path | None = None,
+                columns: str | None = None) -> Run:
+    """A validated Run. A flat table is imported (streamed, checked) into `workdir` first."""
+    path, workdir = Path(path), Path(workdir)
+    if not path.exists():
         raise DataError(path, "does not exist")
+    if path.is_dir() and (path / MANIFEST).exists():
+        if roles_csv is not None or columns:
+            raise DataError(roles_csv or path, "a roles CSV and --columns go with a flat table; a run folder has "
+                            "its own roles and the contract's column names")
+        run = Run(path)
+    else:
+        k = kind(path)
+        csv = path if k == "csv" else _as_csv(path, k, workdir)
+        run = import_flat_csv(csv, workdir, roles_csv, parse_columns(columns), shown=path,
+                              lines=k in ("csv", "gzip"))
     run.validate()
     return run

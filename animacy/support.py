@@ -1,0 +1,36 @@
+"""Which analyses a run's tables support, decided in one place for `validate` (which lists them) and
+`analyze` (which runs them and lists what it skipped, with the same reasons)."""
+
+from __future__ import annotations
+
+from animacy.run import Run, connect
+
+ANALYSES = ("gap curves and relative recovery", "steering models and slopes", "denial and AI-claim statistics",
+            "vector geometry", "direction validation", "word guess")
+
+
+def conditions(run: Run) -> set[str]:
+    if not run.has("tokens"):
+        return set()
+    con = connect()
+    return {r[0] for r in con.execute(f"SELECT DISTINCT condition FROM {run.relation_sql('tokens')}").fetchall()}
+
+
+def support(run: Run) -> dict[str, str | None]:
+    """Analysis -> None where the tables support it, else the reason it cannot run."""
+    cond = conditions(run)
+    roles = run.read("roles")
+    no_tokens = "the run has no tokens table (per-token log-probs)"
+    return {
+        "gap curves and relative recovery": None if {"with_prompt", "without_prompt"} <= cond else (
+            no_tokens if not cond else "the tokens table has no with_prompt / without_prompt pair (teacher forcing "
+            "with and without the role prompt)"),
+        "steering models and slopes": None if "steered" in cond else (
+            no_tokens if not cond else "the tokens table has no steered rows"),
+        "denial and AI-claim statistics": None if run.has("labels") else (
+            "the run has no labels table (animacy classify RUN, or animacy labels import)"),
+        "vector geometry": None if run.has("vectors_index") else "the run has no vectors",
+        "direction validation": None if run.has("activations") and roles["is_control"].any() else (
+            "the run has no activations" if not run.has("activations") else "the run has no control roles"),
+        "word guess": None if run.has("word_guess") else "the run has no word_guess table",
+    }
