@@ -28,6 +28,8 @@ REDUCTIONS = ("mean_response", "mean_first_10", "role_word", "period", "last_tok
 FINISH_REASONS = ("stop", "length", "unknown")
 LABELS = ("denies_experience", "claims_ai")
 CONTROL_GROUP = "Assistant"
+NO_PROMPT_ROLE = "(no system prompt)"  # the pass without a system prompt: a condition, kept as a control role
+NO_PROMPT_GROUP = "No prompt"
 
 ARROW_TYPES: dict[Kind, pa.DataType] = {
     "str": pa.string(),

@@ -10,7 +10,9 @@ Two layouts, told apart by their columns:
   and the recovery is checked (every block has exactly one row per prompt, in consecutive rows).
   Each row becomes a response (role x prompt x sample) scored as `steered` at its derivation and
   magnitude in `tokens`, and a `word_guess` row whose log_prob is the continuation's total log-prob.
-- responses (`role, task, sample_idx, text`): the `responses` table (no token counts: left empty).
+- responses (`role, task, sample_idx, text`): the `responses` table (no token counts: left empty). An
+  empty role is the study's pass without a system prompt: it becomes the contract's no-prompt control
+  role, "(no system prompt)" in group "No prompt".
 
 The derivation comes from the file name (the study's names, mapped to the contract's); magnitudes are
 recorded in the study's units, as given.
@@ -35,6 +37,7 @@ from animacy.errors import ConfigError, DataError
 from animacy.provenance import provenance
 from animacy.roles import read_norms
 from animacy.run import MANIFEST, Run
+from animacy.schema import NO_PROMPT_GROUP, NO_PROMPT_ROLE
 from animacy.tables import kind
 from animacy.writers import write_table
 
@@ -98,7 +101,7 @@ def parse_layers(cell: str, path: Path, line: int, row: int) -> str:
     if not m:
         raise DataError(path, "is not a list of layers in a known format ('[26, 30]' or '[np.int64(26), …]')",
                         column="steered_layers", row=row, line=line, value=cell[:80])
-    return ",".join(re.findall(r"\d+", m.group(1)))
+    return ",".join(re.findall(r"(?:np\.int(?:32|64)\()?(\d+)\)?", m.group(1)))
 
 
 def parse_log_probs(cell: str, path: Path, line: int, row: int) -> list[float]:
@@ -184,7 +187,7 @@ def read_study_responses(path: Path) -> pd.DataFrame:
         except ValueError as exc:
             raise DataError(path, "is not an integer", column="sample_idx", row=i, line=line,
                             value=rec[at["sample_idx"]]) from exc
-        rows.append({"role": rec[at["role"]], "task_id": rec[at["task"]], "replicate": sample,
+        rows.append({"role": rec[at["role"]] or NO_PROMPT_ROLE, "task_id": rec[at["task"]], "replicate": sample,
                      "text": rec[at["text"]]})
     df = pd.DataFrame(rows)
     df["response_id"] = df["role"] + "|" + df["task_id"] + "|" + df["replicate"].astype(str)
@@ -223,6 +226,9 @@ def import_study(files: list[str | Path], out: str | Path, roles: str | Path, un
         else:
             raise DataError(f, "is neither a sweep (first_100_response_log_probs) nor a responses file (text)")
     role_table = read_norms(roles)
+    if not (role_table["role"] == NO_PROMPT_ROLE).any():  # the study's empty role: its no-system-prompt pass
+        role_table = pd.concat([role_table, pd.DataFrame({"role": [NO_PROMPT_ROLE], "group": [NO_PROMPT_GROUP],
+                                                          "is_control": [True]})], ignore_index=True)
     used = set()
     for part in sweeps + texts:
         used |= set(part["role"])

@@ -42,11 +42,13 @@ def open_source(path: str | Path, workdir: str | Path, roles_csv: str | Path | N
     path, workdir = Path(path), Path(workdir)
     if not path.exists():
         raise DataError(path, "does not exist")
-    if path.is_dir() and (path / MANIFEST).exists():
+    run_like = path.is_dir() and any((path / f).exists() for f in (MANIFEST, "roles.parquet", "responses.parquet"))
+    if run_like:
         if roles_csv is not None or columns:
             raise DataError(roles_csv or path, "a roles CSV and --columns go with a flat table; a run folder has "
                             "its own roles and the contract's column names")
         run = Run(path)
+        run.manifest  # noqa: B018 -- a run folder without its manifest is refused here, naming the file
     else:
         k = kind(path)
         csv = path if k == "csv" else _as_csv(path, k, workdir)

@@ -35,11 +35,9 @@ from animacy.progress import progress
 from animacy.provenance import config_hash, provenance
 from animacy.roles import GroupRule, design_roles, read_norms
 from animacy.run import MANIFEST, Run, table_path
-from animacy.schema import CONTROL_GROUP
+from animacy.schema import CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE
 
 JOBS = "_jobs"
-NO_PROMPT_ROLE = "(no system prompt)"
-NO_PROMPT_GROUP = "No prompt"
 REDUCTIONS_WITH = ("mean_response", "mean_first_10", "role_word", "period", "last_token")
 REDUCTIONS_WITHOUT = ("mean_response", "mean_first_10", "last_token")
 
