@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from animacy.analysis.formula import Design
 
-DENSE_MAX = 1500  # factor Λ'Z'ZΛ + I densely up to this many random effects
+DENSE_MAX = 1500  # at most this many random effects are factored densely (and only where the matrix is not sparse)
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of θ
 GRAD_TOL = 2e-3  # lme4's check.conv.grad tolerance (on the Hessian-scaled gradient)
 
@@ -109,7 +109,8 @@ class _Factor:
     """A factorisation of a symmetric positive definite matrix: solve and log-determinant."""
 
     def __init__(self, A):
-        if isinstance(A, np.ndarray) or A.shape[0] <= DENSE_MAX:
+        q = A.shape[0]
+        if isinstance(A, np.ndarray) or q <= 100 or (q <= DENSE_MAX and A.nnz > 0.1 * q * q):
             dense = A if isinstance(A, np.ndarray) else A.toarray()
             self._c = linalg.cho_factor(dense, lower=True, check_finite=False)
             self.logdet = 2.0 * float(np.log(np.diag(self._c[0])).sum())

@@ -52,32 +52,34 @@ def qmd_to_notebook(text: str, params: dict):
     return nb
 
 
-def render(run: str | Path, out: str | Path, params: dict | None = None, engine: str = "auto",
-           timeout: int = 1200) -> Path:
-    """Render the report for `run` into `out`/report.html (atomic) and return its path."""
+def render(run: str | Path | None, out: str | Path, params: dict | None = None, engine: str = "auto",
+           timeout: int = 1200, source: Path = REPORT_SOURCE) -> Path:
+    """Render `source` (the report, for `run`; or the replication) into `out`/<name>.html (atomic) and
+    return its path."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params = {"run": str(Path(run).resolve()), "tables": str(out / "tables"), **(params or {})}
-    target = out / "report.html"
+    params = {**({"run": str(Path(run).resolve())} if run is not None else {}), "tables": str(out / "tables"),
+              **(params or {})}
+    target = out / f"{source.stem}.html"
     quarto = shutil.which("quarto")
     if engine == "quarto" and not quarto:
         raise ConfigError("--engine quarto", "quarto is not on PATH")
     if quarto and engine in ("auto", "quarto"):
         work = out / "_quarto"
         work.mkdir(exist_ok=True)
-        shutil.copy(REPORT_SOURCE, work / "report.qmd")
-        shutil.copy(REPORT_SOURCE.with_name("_quarto.yml"), work / "_quarto.yml")
-        args = [quarto, "render", str(work / "report.qmd"), "--to", "html"]
+        shutil.copy(source, work / source.name)
+        shutil.copy(source.with_name("_quarto.yml"), work / "_quarto.yml")
+        args = [quarto, "render", str(work / source.name), "--to", "html"]
         for k, v in params.items():
             args += ["-P", f"{k}:{v}"]
         subprocess.run(args, check=True)
-        shutil.move(work / "report.html", target)
+        shutil.move(work / f"{source.stem}.html", target)
         return target
     import nbformat
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
 
-    nb = qmd_to_notebook(REPORT_SOURCE.read_text(), params)
+    nb = qmd_to_notebook(source.read_text(), params)
     from animacy.analysis.mixed_r import environment_without_r
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out)}})
@@ -85,7 +87,7 @@ def render(run: str | Path, out: str | Path, params: dict | None = None, engine:
     for cell in nb.cells:  # warnings on stderr are for the log, not the reader
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
-    nbformat.write(nb, out / "report.ipynb")
+    nbformat.write(nb, out / f"{source.stem}.ipynb")
     html, _ = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                            exclude_output_prompt=True, embed_images=True).from_notebook_node(nb)
     html = _REMOTE.sub("", html)

@@ -83,6 +83,18 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replicate(a: argparse.Namespace) -> int:
+    from animacy.analysis.render import render
+    from animacy.resources import REPLICATION_SOURCE
+
+    seed = Path(a.data).resolve()
+    if not (seed / "seed_study").is_dir():
+        raise DataError(seed, "has no seed_study/ folder (the original study's files: ../shared/data)")
+    path = render(None, a.out, {"data": str(seed), "n_boot": a.n_boot}, engine=a.engine, source=REPLICATION_SOURCE)
+    print(f"replication: {path}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     """The embedded default: a small real study on SmolLM2 on the CPU, collect -> classify -> analyze -> report."""
     import time
@@ -274,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=BACKENDS, default="python")
     s.add_argument("--n-boot", type=int, default=500)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("replicate", help="re-analyse the original study's Qwen3-30B sweeps end to end (HTML)")
+    s.add_argument("--data", default="../shared/data",
+                   help="the folder holding seed_study/ and seed_selected_roles.csv")
+    s.add_argument("--out", required=True)
+    s.add_argument("--engine", choices=["auto", "quarto", "nbclient"], default="auto")
+    s.add_argument("--n-boot", type=int, default=500)
+    s.set_defaults(func=cmd_replicate)
 
     s = sub.add_parser("collect", help="run a study on a model (needs the collect extra: torch, transformers)")
     s.add_argument("action", choices=["run", "plan"])

@@ -15,3 +15,4 @@ def resource(package: str, name: str) -> Path:
 DEMO_CONFIG = resource("animacy.data", "demo.toml")
 HAND_LABELS = resource("animacy.data", "labels/hand_labels.csv")
 REPORT_SOURCE = resource("animacy.report", "report.qmd")
+REPLICATION_SOURCE = resource("animacy.report", "replication.qmd")
