@@ -14,10 +14,15 @@ import numpy as np
 MIN_CLUSTERS = 5  # fewer roles than this in a group: no bootstrap interval (it would be far too narrow)
 
 
+def resample_index(n_roles: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """B x n_roles indices: each row one resample of the roles, with replacement. Every role-clustered
+    statistic (means, ratios of means, ratios of sums) takes its resamples from here."""
+    return rng.integers(0, n_roles, (n_boot, n_roles))
+
+
 def resample_means(per_role: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """B means (or column means, for a roles x k matrix) of roles resampled with replacement; NaN-aware."""
-    idx = rng.integers(0, per_role.shape[0], (n_boot, per_role.shape[0]))
-    return np.nanmean(per_role[idx], axis=1)
+    return np.nanmean(per_role[resample_index(per_role.shape[0], n_boot, rng)], axis=1)
 
 
 def role_interval(per_role: np.ndarray, n_boot: int, rng: np.random.Generator,

@@ -13,11 +13,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from animacy.analysis.bootstrap import resample_index, resample_means
+
 
 def _bands(matrix: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """2.5 / 97.5 percentiles of column means over role (row) resamples; NaN-aware."""
-    idx = rng.integers(0, matrix.shape[0], (n_boot, matrix.shape[0]))
-    boot = np.nanmean(matrix[idx], axis=1)
+    boot = resample_means(matrix, n_boot, rng)
     return np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)
 
 
@@ -63,7 +64,7 @@ def relative_recovery(
         eff = part.pivot(index="role", columns="token_index", values="effect").to_numpy(float)
         gap = part.pivot(index="role", columns="token_index", values="gap").to_numpy(float)
         positions_ = np.sort(part["token_index"].unique())
-        idx = rng.integers(0, eff.shape[0], (n_boot, eff.shape[0]))
+        idx = resample_index(eff.shape[0], n_boot, rng)
         num, den = np.nanmean(eff, axis=0), np.nanmean(gap, axis=0)
         bnum, bden = np.nanmean(eff[idx], axis=1), np.nanmean(gap[idx], axis=1)
         with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():

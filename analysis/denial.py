@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from animacy.analysis.bootstrap import resample_index
 from animacy.analysis.groups import apply_rule
 from animacy.analysis.mixed import fit_mixed
 from animacy.analysis.ratings import transform_ratings
@@ -37,7 +38,7 @@ def rates(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> tuple[pd.Da
     rows = []
     for (c, g), part in by_role.groupby(["classifier", "group"], sort=True):
         k, n = (part["rate"] * part["n"]).to_numpy(), part["n"].to_numpy()
-        idx = rng.integers(0, len(part), (n_boot, len(part)))
+        idx = resample_index(len(part), n_boot, rng)
         boot = k[idx].sum(1) / n[idx].sum(1)
         rows.append({"classifier": c, "group": g, "rate": k.sum() / n.sum(), "ci_low": np.percentile(boot, 2.5),
                      "ci_high": np.percentile(boot, 97.5), "n_roles": len(part), "n_responses": int(n.sum())})

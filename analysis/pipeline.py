@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from animacy.analysis.aggregate import gap_by_role, position_means, response_means
+from animacy.analysis.bootstrap import MIN_CLUSTERS
 from animacy.analysis.curves import gap_curve_bands, relative_recovery
 from animacy.analysis.denial import denial_models, label_table, rates
 from animacy.analysis.geometry import (
@@ -54,9 +55,6 @@ class AnalyzeOptions:
     umap: bool = True
     label_method: str | None = None
     quiet: bool = False
-
-
-MIN_BOOT_CLUSTERS = 5  # a role-clustered bootstrap with fewer roles in a group is refused
 
 
 def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) -> dict:
@@ -149,10 +147,10 @@ def _steering_tables(means, positions, gap, roles, model: SteeringModel, options
     tables["role_slopes.csv"] = slopes
     if ref is not None and len(groups) > 1:
         sizes = steered.groupby("group", observed=True)["role"].nunique()
-        small = sizes[sizes < MIN_BOOT_CLUSTERS]
+        small = sizes[sizes < MIN_CLUSTERS]
         if len(small):
             skipped.append("role-clustered bootstrap of slope differences: fewer than "
-                           f"{MIN_BOOT_CLUSTERS} roles in " + ", ".join(f"{g} ({n})" for g, n in small.items()))
+                           f"{MIN_CLUSTERS} roles in " + ", ".join(f"{g} ({n})" for g, n in small.items()))
         else:
             bs = slope_differences_bootstrap(slopes, ref, options.n_boot * 2, options.seed)
             tables["slope_differences.csv"] = pd.concat([tables.get("slope_differences.csv"), bs], ignore_index=True)

@@ -31,7 +31,7 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def power_curve(roles_per_group: list[int], pct_difference: float, sims: int = 100, alpha: float = 0.05,
-                base: SimConfig | None = None, backend: str = "statsmodels", seed: int = 0,
+                base: SimConfig | None = None, backend: str = "python", seed: int = 0,
                 quiet: bool = False) -> pd.DataFrame:
     """Power to detect `pct_difference` (e.g. 14 for +14%) of the second group's slope against the
     first, per number of roles per group."""

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from animacy.analysis.bootstrap import resample_index
 from animacy.analysis.groups import apply_rule, is_control
 from animacy.analysis.mixed import MixedFit, fit_mixed
 from animacy.errors import ConfigError
@@ -157,12 +158,12 @@ def slope_differences_bootstrap(
         ref = part.loc[part["group"] == reference_group, "slope"].to_numpy()
         if len(ref) == 0:
             continue
-        ref_boot = ref[rng.integers(0, len(ref), (n_boot, len(ref)))].mean(axis=1)
+        ref_boot = ref[resample_index(len(ref), n_boot, rng)].mean(axis=1)
         for g, gpart in part.groupby("group", sort=True, observed=True):
             if g == reference_group:
                 continue
             s = gpart["slope"].to_numpy()
-            boot = 100 * (s[rng.integers(0, len(s), (n_boot, len(s)))].mean(axis=1) / ref_boot - 1)
+            boot = 100 * (s[resample_index(len(s), n_boot, rng)].mean(axis=1) / ref_boot - 1)
             pct = 100 * (s.mean() / ref.mean() - 1)
             p = min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()) + 1 / n_boot)
             rows.append({"derivation": d, "group": g, "reference_group": reference_group, "pct_difference": pct,

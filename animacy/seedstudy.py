@@ -10,9 +10,9 @@ Two layouts, told apart by their columns:
   and the recovery is checked (every block has exactly one row per prompt, in consecutive rows).
   Each row becomes a response (role x prompt x sample) scored as `steered` at its derivation and
   magnitude in `tokens`, and a `word_guess` row whose log_prob is the continuation's total log-prob.
-- responses (`role, task, sample_idx, text`): the `responses` table (no token counts: left empty). An
-  empty role is the study's pass without a system prompt: it becomes the contract's no-prompt control
-  role, "(no system prompt)" in group "No prompt".
+- responses (`role, task, sample_idx, text`; CSV, or JSON: an array of objects or JSON lines): the
+  `responses` table (no token counts: left empty). An empty role is the study's pass without a system
+  prompt: it becomes the contract's no-prompt control role, "(no system prompt)" in group "No prompt".
 
 The derivation comes from the file name (the study's names, mapped to the contract's); magnitudes are
 recorded in the study's units, as given.
@@ -172,8 +172,35 @@ def read_sweep(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df.drop(columns=["_block", "average"]), wg
 
 
+def _is_json(path: Path) -> bool:
+    opener = gzip.open if kind(path) == "gzip" else open
+    with opener(path, "rb") as fh:
+        head = fh.read(64).lstrip()
+    return head[:1] in (b"[", b"{")
+
+
+def _json_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """A JSON array of objects, or JSON lines, as (header, (line, fields)) like a CSV's records."""
+    try:
+        with (gzip.open if kind(path) == "gzip" else open)(path, "rb") as fh:
+            text = fh.read().decode("utf-8-sig")
+        if text.lstrip().startswith("["):
+            objs, lines = json.loads(text), None
+        else:
+            objs = [json.loads(line) for line in text.splitlines() if line.strip()]
+            lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip()]
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(path, f"is not valid JSON ({exc})") from exc
+    if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
+        raise DataError(path, "is JSON, but not a list of objects (one per response)")
+    header = list(dict.fromkeys(k for o in objs for k in o))
+    return header, [((lines[i] if lines else None), ["" if o.get(c) is None else str(o.get(c)) for c in header])
+                    for i, o in enumerate(objs)]
+
+
 def read_study_responses(path: Path) -> pd.DataFrame:
-    header, records = _records(path)
+    """The study's responses (role, task, sample_idx, text), from CSV or JSON (an array, or JSON lines)."""
+    header, records = _json_records(path) if _is_json(path) else _records(path)
     missing = [c for c in RESPONSE_COLUMNS if c not in header]
     if missing:
         raise DataError(path, f"lacks column '{missing[0]}' of the study's responses layout", column=missing[0])
@@ -216,7 +243,7 @@ def import_study(files: list[str | Path], out: str | Path, roles: str | Path, un
         raise ConfigError("import", "give the study's sweep and/or responses files")
     sweeps, word_guess, texts = [], [], []
     for f in map(Path, files):
-        header, _ = _records(f)
+        header = _json_records(f)[0] if _is_json(f) else _records(f)[0]
         if "first_100_response_log_probs" in header:
             s, wg = read_sweep(f)
             sweeps.append(s)

@@ -6,7 +6,7 @@ steering model `mean_log_prob ~ magnitude * group + (magnitude | role) + (1 | re
 the reference slope's interval, the delta-method and bootstrap intervals of the percent slope
 differences, and (in null studies, where every group has the same slope) the rejection rate at 0.05.
 
-    .venv/bin/python benchmarks/coverage.py --sims 200 [--backend statsmodels|lme4] [--roles 12]
+    .venv/bin/python benchmarks/coverage.py --sims 200 [--backend python|lme4|statsmodels] [--roles 12]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from animacy.analysis import BACKENDS
 from animacy.analysis.aggregate import response_means
 from animacy.analysis.simulate import GROUPS, SimConfig, simulate
 from animacy.analysis.steering import (
@@ -55,7 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sims", type=int, default=200)
     p.add_argument("--roles", type=int, default=12, help="roles per group")
-    p.add_argument("--backend", default="statsmodels")
+    p.add_argument("--backend", default="python", choices=BACKENDS)
     a = p.parse_args()
     work = tempfile.mkdtemp(prefix="animacy-coverage-")
     t0 = time.perf_counter()

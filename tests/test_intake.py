@@ -267,3 +267,16 @@ def test_gemma_responses_import_and_labels_attach(tmp_path, capsys):
     assert "matches no response" in capsys.readouterr().err
     summary = analyze(run, tmp_path / "a", AnalyzeOptions(n_boot=100, umap=False, quiet=True))
     assert any("tokens" in s for s in summary["skipped"]) and "denial_rates_by_group.csv" in summary["tables"]
+
+
+def test_responses_as_json_lines_import_like_the_csv(tmp_path):
+    src = SEED / "gemma3_27b_responses.csv.gz"
+    if not src.exists():
+        pytest.skip(f"{src} is absent")
+    raw = pd.read_csv(src, keep_default_na=False).iloc[:40]
+    raw.to_json(tmp_path / "r.jsonl", orient="records", lines=True)
+    raw.to_csv(tmp_path / "r.csv", index=False)
+    a = import_study([tmp_path / "r.jsonl"], tmp_path / "a", SHARED_DATA / "seed_selected_roles.csv")
+    b = import_study([tmp_path / "r.csv"], tmp_path / "b", SHARED_DATA / "seed_selected_roles.csv")
+    pd.testing.assert_frame_equal(a.read("responses"), b.read("responses"))
+    assert a.read("responses")["text"].tolist() == raw["text"].tolist()
