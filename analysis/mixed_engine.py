@@ -175,11 +175,11 @@ def fit_gaussian(d: Design, reml: bool = True) -> EngineFit:
 def _fit_gaussian(d: Design, reml: bool) -> EngineFit:
     s = _Structure(d)
     g = _Gaussian(d, s, reml)
-    theta, crit, optimizer, tried = _minimize(g.deviance, s.theta0, s.lower)
+    theta, crit, optimizer, tried, derivs = _minimize(g.deviance, s.theta0, s.lower)
     _, RXtRX, beta, _, b, prss = g.solve(theta)
     sigma2 = prss / (g.n - g.p if reml else g.n)
     vcov = sigma2 * linalg.inv(RXtRX)
-    messages = _checks(g.deviance, theta, s.lower, len(theta))
+    messages = _checks(derivs)
     covs = [sigma2 * T @ T.T for T in s.blocks(theta)]
     messages += _singular(s, theta, d)
     return EngineFit(beta, vcov, theta, sigma2, covs, _modes(s, b), crit, optimizer, not messages, messages, tried)
@@ -316,14 +316,14 @@ def _fit_binomial(d: Design) -> EngineFit:
     g = _Binomial(d, s)
     nt = len(s.theta0)
     with np.errstate(over="ignore", under="ignore"):
-        theta1, _, _, _ = _minimize(g.stage1, s.theta0, s.lower)
+        theta1 = _minimize(g.stage1, s.theta0, s.lower, both=False)[0]
         g.stage1(theta1)
         start = np.concatenate([theta1, g.beta_joint])
         lower = np.concatenate([s.lower, np.full(d.X.shape[1], -np.inf)])
-        params, crit, optimizer, tried = _minimize(lambda p: g.laplace(p, nt), start, lower)
+        params, crit, optimizer, tried, derivs = _minimize(lambda p: g.laplace(p, nt), start, lower)
         theta, beta = params[:nt], params[nt:]
         _, u, _, fac, w, Lam = g.pirls(theta, beta)
-        messages, H = _checks(lambda p: g.laplace(p, nt), params, lower, nt, return_hessian=True)
+        messages, H = _checks(derivs, return_hessian=True)
         vcov, note = _binomial_vcov(H, nt, g, fac, w, Lam)
     if note:
         messages.append(note)
@@ -358,8 +358,10 @@ def _binomial_vcov(H, nt, g: _Binomial, fac, w, Lam):
 # --------------------------------------------------------------------------------------------- shared
 
 
-def _minimize(fun, x0: np.ndarray, lower: np.ndarray):
-    """Two optimizers from the same start; the best criterion wins, then L-BFGS-B polishes it."""
+def _minimize(fun, x0: np.ndarray, lower: np.ndarray, both: bool = True):
+    """Two optimizers from the same start (L-BFGS-B alone where `both` is false: a first stage); the best
+    criterion wins, L-BFGS-B and Newton steps polish it. Returns (x, criterion, optimizer, criteria tried,
+    central-difference derivatives at x: gradient, Hessian, on-bound mask; None without Newton steps)."""
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     nm_bounds = [(lo if np.isfinite(lo) else -1e6, 1e6) for lo in lower]
     tried: dict[str, float] = {}
@@ -368,7 +370,7 @@ def _minimize(fun, x0: np.ndarray, lower: np.ndarray):
                                    "options": {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-8}}),
                      ("Nelder-Mead", {"method": "Nelder-Mead", "bounds": nm_bounds,
                                       "options": {"maxfev": 300 * len(x0), "xatol": 1e-6, "fatol": 1e-8,
-                                                  "adaptive": True}})):
+                                                  "adaptive": True}}))[: 2 if both else 1]:
         res = optimize.minimize(fun, x0, **kw)
         tried[name] = float(res.fun)
         if best is None or res.fun < best[1]:
@@ -394,38 +396,40 @@ def _minimize(fun, x0: np.ndarray, lower: np.ndarray):
         if not improved:
             break
     x = np.where(np.isfinite(lower), np.maximum(x, lower), x)
-    x, f = _newton(fun, x, float(fun(x)), lower)
-    return x, f, name, tried
+    if not both:
+        return x, float(fun(x)), name, tried, None
+    x, f, derivs = _newton(fun, x, float(fun(x)), lower)
+    return x, f, name, tried, derivs
 
 
 def _newton(fun, x: np.ndarray, f: float, lower: np.ndarray, steps: int = 4):
     """A few Newton steps on the parameters off their bounds, with central-difference derivatives: they
-    resolve the optimum far below the noise of the optimizers' own forward differences."""
-    for _ in range(steps):
-        grad, H, at_bound = _derivatives(fun, x, lower)
+    resolve the optimum far below the noise of the optimizers' own forward differences. Returns
+    (x, f, derivatives at x) so that the convergence checks need not difference again."""
+    for i in range(steps + 1):
+        derivs = _derivatives(fun, x, lower)
+        grad, H, at_bound = derivs
         free = ~at_bound
-        if not free.any():
+        if i == steps or not free.any():
             break
         try:
+            np.linalg.cholesky(H[np.ix_(free, free)])
             step = np.zeros_like(x)
             step[free] = np.linalg.solve(H[np.ix_(free, free)], grad[free])
-            np.linalg.cholesky(H[np.ix_(free, free)])
         except np.linalg.LinAlgError:
             break
-        t = 1.0
-        while t > 1e-3:
+        if float(grad[free] @ step[free]) < 1e-12:  # the Newton decrement: nothing left to gain
+            break
+        t, improved = 1.0, False
+        while t > 1e-3 and not improved:
             x1 = np.where(np.isfinite(lower), np.maximum(x - t * step, lower), x - t * step)
             f1 = fun(x1)
-            if f1 < f:
-                break
+            improved = f1 < f
             t /= 2
-        if not f1 < f:
+        if not improved:
             break
-        done = f - f1 < 1e-10 * max(1.0, abs(f))
         x, f = x1, float(f1)
-        if done:
-            break
-    return x, f
+    return x, f, derivs
 
 
 def _derivatives(fun, x: np.ndarray, lower: np.ndarray, h: float = 1e-4):
@@ -462,11 +466,11 @@ def _derivatives(fun, x: np.ndarray, lower: np.ndarray, h: float = 1e-4):
     return grad, H, at_bound
 
 
-def _checks(fun, x, lower, nt, return_hessian=False):
+def _checks(derivs, return_hessian=False):
     """lme4's convergence checks at the optimum: the Hessian-scaled gradient, and a positive definite
     Hessian (parameters on their bound are left out: that is the boundary check's business)."""
     messages = []
-    grad, H, at_bound = _derivatives(fun, x, lower)
+    grad, H, at_bound = derivs
     free = ~at_bound
     Hf, gf = H[np.ix_(free, free)], grad[free]
     if not np.all(np.isfinite(H)):
