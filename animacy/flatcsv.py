@@ -20,7 +20,7 @@ from animacy.atomic import atomic_path, write_json, write_parquet
 from animacy.errors import DataError
 from animacy.run import MANIFEST, Run, connect, table_path
 from animacy.schema import CONTROL_GROUP, FLAT_COLUMN_ORDER, FLAT_TOKENS, ROLES, Table
-from animacy.validate import Source, check_key, check_values, missing_column_error, quote
+from animacy.validate import Source, check_key, check_values, csv_line, missing_column_error, quote
 
 CHUNK_ROWS = 1_000_000
 _BLOCK = 1 << 23
@@ -69,10 +69,11 @@ def _check_text_file(path: Path) -> list[str]:
     return [c.strip() for c in header.split(",")]
 
 
-def _as_kind(chunk: pd.DataFrame, name: str, kind: str, path: Path, offset: int) -> pa.Array:
+def _as_kind(chunk: pd.DataFrame, name: str, kind: str, path: Path, offset: int,
+             newlines: list[tuple[int, int]]) -> pa.Array:
     """Convert one column of a chunk to the contract kind as an Arrow array (empty cells are null; the
     text 'nan' stays NaN so that the value check can name it); the first value that will not convert
-    is an error with its row."""
+    is an error with its row and line."""
     s = chunk[name]
     empty = s.isna().to_numpy()
     if kind == "str":
@@ -82,7 +83,8 @@ def _as_kind(chunk: pd.DataFrame, name: str, kind: str, path: Path, offset: int)
         bad = ~empty & m.isna().to_numpy()
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(path, "is not true/false", column=name, row=offset + i, value=s.iloc[i], csv_line=True)
+            raise DataError(path, "is not true/false", column=name, row=offset + i, value=s.iloc[i],
+                            line=csv_line(offset + i, newlines))
         return pa.array(m.fillna(False).to_numpy(dtype=bool), pa.bool_(), mask=empty)
     num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
     bad = ~empty & np.isnan(num) & ~s.str.strip().str.lower().isin(["nan", "inf", "-inf"]).to_numpy()
@@ -92,7 +94,7 @@ def _as_kind(chunk: pd.DataFrame, name: str, kind: str, path: Path, offset: int)
         i = int(np.argmax(bad))
         raise DataError(
             path, f"has a value that is not {'an integer' if kind == 'int' else 'a number'}",
-            column=name, row=offset + i, value=s.iloc[i], csv_line=True,
+            column=name, row=offset + i, value=s.iloc[i], line=csv_line(offset + i, newlines),
         )
     if kind == "int":
         return pa.array(np.nan_to_num(num).astype(np.int64), pa.int64(), mask=empty)
@@ -101,11 +103,13 @@ def _as_kind(chunk: pd.DataFrame, name: str, kind: str, path: Path, offset: int)
 
 def read_csv_chunks(
     path: Path, table: Table, chunk_rows: int = CHUNK_ROWS, rename: dict[str, str] | None = None,
-    shown: str | None = None,
+    shown: str | None = None, newlines: list[tuple[int, int]] | None = None,
 ) -> Iterator[pa.Table]:
     """Stream a CSV as Arrow tables typed by the contract (extra columns: numbers where they parse as
     numbers throughout, else text), after renaming columns by `rename`. Raises on a missing column or
-    a value of the wrong type."""
+    a value of the wrong type. Rows whose quoted fields hold newlines are appended to `newlines` as
+    (row, count), so that line numbers stay right after them."""
+    newlines = [] if newlines is None else newlines
     rename = rename or {}
     shown = shown or str(path)
     header = [rename.get(c, c) for c in check_text_file(path, shown)]
@@ -120,10 +124,14 @@ def read_csv_chunks(
     try:
         for chunk in reader:
             chunk.columns = [rename.get(c.strip(), c.strip()) for c in chunk.columns]
+            text_cols = [c for c in chunk.columns if kinds.get(c, "str") == "str"]  # numbers hold no newlines
+            inside = sum((chunk[c].str.count("\n").fillna(0).to_numpy(dtype=np.int64) for c in text_cols),
+                         np.zeros(len(chunk), dtype=np.int64))
+            newlines += [(offset + int(i), int(inside[i])) for i in np.flatnonzero(inside)]
             arrays = {}
             for name in chunk.columns:
                 if name in kinds:
-                    arrays[name] = _as_kind(chunk, name, kinds[name], shown, offset)
+                    arrays[name] = _as_kind(chunk, name, kinds[name], shown, offset, newlines)
                 else:
                     num = pd.to_numeric(chunk[name], errors="coerce")
                     arrays[name] = pa.array(num if num.notna().sum() == chunk[name].notna().sum()
@@ -161,8 +169,9 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
     out.mkdir(parents=True, exist_ok=True)
     flat = out / "_flat.parquet"
     writer = None
+    newlines: list[tuple[int, int]] = []
     with atomic_path(flat) as tmp:
-        for chunk in read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown):
+        for chunk in read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown, newlines=newlines):
             present = [c.name for c in FLAT_TOKENS.columns if c.name in chunk.column_names]
             schema = FLAT_TOKENS.arrow_schema(present)
             batch = chunk.select(present)
@@ -170,7 +179,7 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
                 writer = pq.ParquetWriter(tmp, schema)
             writer.write_table(batch)
         writer.close()
-    src = Source.of([flat], [shown], csv=lines)
+    src = Source.of([flat], [shown], csv=lines, newlines=newlines)
     con = connect()
     present = pq.read_schema(flat).names
     check_values(con, FLAT_TOKENS, src, present)
@@ -220,7 +229,7 @@ def _check_one_group_per_role(con, src: Source, csv: str) -> None:
     if hit is not None:
         _, row = src.locate(hit)
         raise DataError(csv, "this role appears with a second group; a role belongs to one group",
-                        column="group", row=row, csv_line=True)
+                        column="group", row=row, line=src.line(row))
 
 
 def _merge_ratings(roles: pd.DataFrame, ratings: pd.DataFrame, path: Path, groups_from_roles: bool) -> pd.DataFrame:

@@ -25,16 +25,25 @@ _ROW_BITS = 40  # row order across parts: file index << 40 | row within file
 @dataclass(frozen=True)
 class Source:
     """The Parquet parts of one table, and how to name them in errors (a CSV converted to Parquet is
-    reported as the CSV it came from, with line numbers)."""
+    reported as the CSV it came from, with line numbers). `newlines` lists (row, newlines inside that
+    row's quoted fields) for a CSV that has any, so that the line of every later row stays right."""
 
     files: tuple[Path, ...]
     display: tuple[str, ...]
     csv: bool = False
+    newlines: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def of(cls, files: Sequence[Path], display: Sequence[str] | None = None, csv: bool = False) -> Source:
+    def of(cls, files: Sequence[Path], display: Sequence[str] | None = None, csv: bool = False,
+           newlines: Sequence[tuple[int, int]] = ()) -> Source:
         files = tuple(Path(f) for f in files)
-        return cls(files, tuple(display) if display else tuple(str(f) for f in files), csv)
+        return cls(files, tuple(display) if display else tuple(str(f) for f in files), csv, tuple(newlines))
+
+    def line(self, row: int) -> int | None:
+        """The CSV line where data row `row` (0-based) starts; None for Parquet."""
+        if not self.csv:
+            return None
+        return csv_line(row, self.newlines)
 
     def sql(self) -> str:
         """A DuckDB table expression over the parts with an `_ord` column giving file order."""
@@ -47,6 +56,12 @@ class Source:
 
     def locate(self, ord_: int) -> tuple[str, int]:
         return self.display[ord_ >> _ROW_BITS], ord_ & ((1 << _ROW_BITS) - 1)
+
+
+def csv_line(row: int, newlines: Sequence[tuple[int, int]] = ()) -> int:
+    """Line of data row `row` in a CSV with a header line, given the rows before it whose quoted fields
+    hold newlines."""
+    return row + 2 + sum(n for r, n in newlines if r < row)
 
 
 def quote(name: str) -> str:
@@ -150,7 +165,7 @@ def check_values(con: duckdb.DuckDBPyConnection, table: Table, source: Source, p
     column, _, message = rules[i]
     value = con.execute(f"SELECT {quote(column)} FROM {source.sql()} WHERE _ord = {ord_}").fetchone()[0]
     shown, row = source.locate(ord_)
-    raise DataError(shown, message, column=column, row=row, value=value, csv_line=source.csv)
+    raise DataError(shown, message, column=column, row=row, value=value, line=source.line(row))
 
 
 def check_key(con: duckdb.DuckDBPyConnection, table: Table, source: Source, present: Sequence[str]) -> None:
@@ -175,7 +190,7 @@ def check_key(con: duckdb.DuckDBPyConnection, table: Table, source: Source, pres
         f"duplicate key: another row has the same ({', '.join(k for k in table.key if k in present)})",
         column=table.key[-1] if table.key[-1] in present else table.key[0],
         row=row,
-        csv_line=source.csv,
+        line=source.line(row),
         hint="A resumed run or a concatenation may have written a row twice.",
     )
 
@@ -195,7 +210,7 @@ def check_reference(
     shown, row = source.locate(hit)
     raise DataError(
         shown, f"refers to a {parent_col} that {parent.display[0]} does not have",
-        column=column, row=row, value=value, csv_line=source.csv,
+        column=column, row=row, value=value, line=source.line(row),
     )
 
 

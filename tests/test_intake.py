@@ -280,3 +280,28 @@ def test_responses_as_json_lines_import_like_the_csv(tmp_path):
     b = import_study([tmp_path / "r.csv"], tmp_path / "b", SHARED_DATA / "seed_selected_roles.csv")
     pd.testing.assert_frame_equal(a.read("responses"), b.read("responses"))
     assert a.read("responses")["text"].tolist() == raw["text"].tolist()
+
+
+@pytest.mark.parametrize("bad", ["a value that is not a number", "a positive log-prob"])
+def test_flat_csv_line_numbers_stay_right_after_quoted_newlines(flat, tmp_path, capsys, bad):
+    """A role name holding two newlines: an error on data row 6 sits two lines lower for every row of that
+    role above it (rows_before > 0 here, so a plain row + 2 would be wrong)."""
+    tokens, roles = flat
+    df = pd.read_csv(tokens)
+    odd = "odd\nrole\nname"
+    first = df.role.iloc[1]
+    df.loc[df.role == first, "role"] = odd  # every row of that role now holds two newlines
+    rows_before = int((df.index[:5].isin(df.index[df.role == odd])).sum())
+    assert rows_before > 0
+    if bad == "a value that is not a number":
+        df["log_prob"] = df["log_prob"].astype(object)
+        df.loc[5, "log_prob"] = "n/a"
+    else:
+        df.loc[5, "log_prob"] = 0.5
+    df.to_csv(tmp_path / "t.csv", index=False)
+    r = pd.read_csv(roles)
+    r.loc[r.role == first, "role"] = odd
+    r.to_csv(tmp_path / "r.csv", index=False)
+    assert main(["validate", str(tmp_path / "t.csv"), "--roles-csv", str(tmp_path / "r.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"row 6 (line {6 + 1 + 2 * rows_before})" in err, err
