@@ -40,14 +40,24 @@ def classify_texts(texts: pd.DataFrame, method: str, judge: Judge | None = None,
 
 
 def read_texts(path: Path) -> pd.DataFrame:
-    """A texts CSV with `id, text` (and optionally `role`), checked like every other input."""
+    """A texts table with `id, text` (and optionally `role`): CSV, CSV.gz or Parquet, checked like every
+    other input."""
     from animacy.flatcsv import check_text_file
+    from animacy.tables import kind, read_table
 
-    header = check_text_file(path)
+    if kind(path) == "csv":
+        header = check_text_file(path)
+        df = None
+    else:
+        df = read_table(path)
+        header = list(df.columns)
     for col in ("id", "text"):
         if col not in header:
             raise DataError(path, f"needs columns id and text; '{col}' is missing", column=col)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if df is None:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    else:
+        df = df.astype({"id": str}).assign(text=df["text"].fillna("").astype(str))
     empty = df["text"].str.strip() == ""
     if empty.any():
         i = int(np.argmax(empty.to_numpy()))

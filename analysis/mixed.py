@@ -155,6 +155,10 @@ def fit_mixed(data: pd.DataFrame, formula: str, backend: str = "python", reml: b
     if not f.random:
         raise ConfigError("--formula", f"'{formula}' has no random term such as (1 | role); a mixed model needs one")
     design = build(f, data, family, source=source)
+    p = len(design.fixed_names)
+    if design.n <= p + 1:
+        raise ConfigError("--formula", f"'{formula}' has {p} fixed effects, and {source} holds only {design.n} "
+                          "usable rows: too few to estimate them and a variance")
     raw = _backend(backend)(design, family, reml)
     return _to_original_units(raw, design, family, backend, reml)
 

@@ -158,7 +158,9 @@ class _Gaussian:
     def deviance(self, theta: np.ndarray) -> float:
         try:
             fac, RXtRX, _, _, _, prss = self.solve(theta)
-        except (linalg.LinAlgError, RuntimeError, ValueError):
+        except (linalg.LinAlgError, RuntimeError, ValueError, ZeroDivisionError):
+            return np.inf
+        if not prss > 0:
             return np.inf
         n, p = self.n, self.p
         if self.reml:

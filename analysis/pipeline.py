@@ -212,7 +212,7 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions, suppor
         if formula and "response_id" in formula:
             formula = None  # word-guess rows have no response; the default model is used
         tables["word_guess_models.csv"] = word_guess_models(wg, roles, formula, options.backend,
-                                                            options.reference_group)
+                                                            options.reference_group, skipped)
     return tables
 
 

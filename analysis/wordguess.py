@@ -15,6 +15,7 @@ import pandas as pd
 from animacy.analysis.bootstrap import MIN_CLUSTERS, role_interval
 from animacy.analysis.groups import apply_rule
 from animacy.analysis.mixed import fit_mixed
+from animacy.errors import ConfigError
 
 DEFAULT_FORMULA = "log_prob ~ magnitude * group + (1 | role)"
 
@@ -56,7 +57,8 @@ def word_guess_effects(word_guess: pd.DataFrame, roles: pd.DataFrame, n_boot: in
 
 
 def word_guess_models(word_guess: pd.DataFrame, roles: pd.DataFrame, formula: str | None = None,
-                      backend: str = "python", reference_group: str | None = None) -> pd.DataFrame:
+                      backend: str = "python", reference_group: str | None = None,
+                      skipped: list[str] | None = None) -> pd.DataFrame:
     """The formula (default: log_prob ~ magnitude * group + (1 | role), plus (1 | prompt) where there are
     several prompts) per derivation on the steered word-guess rows, under the group rule."""
     wg = word_guess[word_guess["derivation"].notna()].merge(roles[["role", "group", "is_control"]], on="role")
@@ -67,7 +69,14 @@ def word_guess_models(word_guess: pd.DataFrame, roles: pd.DataFrame, formula: st
         formula = DEFAULT_FORMULA + (" + (1 | prompt)" if "prompt" in rows and rows["prompt"].nunique() > 1 else "")
     out = []
     for d, part in rows.groupby("derivation", sort=True):
-        fit = fit_mixed(part, formula, backend, source=f"the word-guess rows of derivation {d}")
+        try:
+            fit = fit_mixed(part, formula, backend, source=f"the word-guess rows of derivation {d}")
+        except ConfigError as exc:  # too few rows for this derivation: said, not fitted
+            if skipped is not None:
+                skipped.append(f"word-guess model of {d}: {exc.message}")
+            continue
         out.append(fit.fixed.assign(derivation=d, formula=fit.formula))
+    if not out:
+        return pd.DataFrame()
     res = pd.concat(out, ignore_index=True)
     return res[["derivation", *[c for c in res.columns if c != "derivation"]]]
