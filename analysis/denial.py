@@ -46,8 +46,9 @@ def rates(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> tuple[pd.Da
 
 
 def _odds_ratios(fixed: pd.DataFrame) -> pd.DataFrame:
-    return fixed.assign(odds_ratio=np.exp(fixed["estimate"]), or_ci_low=np.exp(fixed["ci_low"]),
-                        or_ci_high=np.exp(fixed["ci_high"]))
+    with np.errstate(over="ignore"):  # a separated fit's odds ratio is inf, and its messages say why
+        return fixed.assign(odds_ratio=np.exp(fixed["estimate"]), or_ci_low=np.exp(fixed["ci_low"]),
+                            or_ci_high=np.exp(fixed["ci_high"]))
 
 
 def denial_models(table: pd.DataFrame, backend: str = "python", reference_group: str | None = None,

@@ -201,9 +201,10 @@ def _to_original_units(raw: RawFit, d: Design, family: str, backend: str, reml: 
         crit += 2 * (n - p if reml else n) * np.log(sy)
         if reml:
             crit -= 2 * float(np.sum(np.log(np.abs(d.fixed_scale))))
+    tried = {k: v + (crit - raw.criterion) for k, v in raw.tried.items()}  # in the data's units too
     return MixedFit(fixed, pd.DataFrame(rows, columns=["group", "term", "variance", "sd"]), vcov, converged,
                     messages, modes, d.formula.text, family, backend, reml, d.n, d.n_groups(), float(crit),
-                    raw.optimizer, raw.tried, d.scaled)
+                    raw.optimizer, tried, d.scaled)
 
 
 def compare_fits(a: MixedFit, b: MixedFit) -> dict:
