@@ -28,7 +28,7 @@ from animacy.atomic import write_json, write_parquet
 from animacy.progress import progress
 from animacy.provenance import provenance
 from animacy.run import MANIFEST, VECTORS_DIR, VECTORS_FILE, Run, table_path
-from animacy.schema import CONTROL_GROUP, DERIVATIONS, REDUCTIONS
+from animacy.schema import CONTROL_GROUP, DERIVATIONS, REDUCTIONS, SCHEMA_VERSION, response_id
 
 GROUPS = ("High Mental, High Physical", "Low Mental, High Physical", "Low Mental, Low Physical")
 _RATING_RANGES = {  # (anim_mental, anim_physical) ranges by group, on the norms' 100-700 scale
@@ -163,7 +163,7 @@ def simulate(out: str | Path, cfg: SimConfig | None = None, quiet: bool = False)
         R = cfg.tasks * cfg.replicates
         task = np.repeat(np.arange(cfg.tasks), cfg.replicates)
         rep = np.tile(np.arange(cfg.replicates), cfg.tasks)
-        rids = [f"{role.role}|t{t:02d}|r{k}" for t, k in zip(task, rep)]
+        rids = [response_id(role.role, f"t{t:02d}", k) for t, k in zip(task, rep)]
         w = rng.normal(0, cfg.response_sd, R)
         c_wo = (cfg.base - cfg.group_intercept[g] + u[i] + v[task] + w)[:, None] + pos[None, :]
         c_w = c_wo - cfg.gap_scale[g] * gap_shape[None, :]
@@ -241,7 +241,8 @@ def simulate(out: str | Path, cfg: SimConfig | None = None, quiet: bool = False)
     _write_tables(out, roles, responses, labels, activations, wg_rows, vec_store, vec_index)
     truth = cfg.truth() | {"folded_share": folded / max(cfg.n_token_rows(), 1)}
     write_json({
-        "kind": "simulated", "config": asdict(cfg), "truth": truth, "layers": list(cfg.layers),
+        "kind": "simulated", "schema_version": SCHEMA_VERSION, "config": asdict(cfg), "truth": truth,
+        "layers": list(cfg.layers),
         "seeds": {"simulation": cfg.seed}, "model": {"id": "simulated", "revision": None},
         "chat_template_hash": None, "provenance": provenance(), "shards_done": ["0/1"],
     }, out / MANIFEST)

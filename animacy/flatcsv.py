@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from animacy.atomic import atomic_path, write_json, write_parquet
 from animacy.errors import DataError
 from animacy.run import MANIFEST, Run, connect, table_path
-from animacy.schema import CONTROL_GROUP, FLAT_COLUMN_ORDER, FLAT_TOKENS, ROLES, Table
+from animacy.schema import CONTROL_GROUP, FLAT_COLUMN_ORDER, FLAT_TOKENS, RESPONSE_ID_SQL, ROLES, SCHEMA_VERSION, Table
 from animacy.validate import Source, check_key, check_values, csv_line, missing_column_error, quote
 
 CHUNK_ROWS = 1_000_000
@@ -196,7 +196,7 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
         raise DataError(shown, f"has no column '{unused[0]}' to map (--columns {rename[unused[0]]}={unused[0]})",
                         column=unused[0])
 
-    rid = "response_id" if "response_id" in present else "concat_ws('|', role, task_id, replicate::VARCHAR)"
+    rid = "response_id" if "response_id" in present else RESPONSE_ID_SQL
     rel = f"(SELECT *, {rid} AS _rid FROM read_parquet('{flat}'))"
     token_cols = ", ".join(f"{quote(c)}" for c in ("condition", "derivation", "magnitude", "layers", "token_index",
                                                      "token_id", "log_prob") if c in present)
@@ -214,7 +214,8 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
     roles["is_control"] = roles["is_control"].astype(bool)
     write_parquet(roles, table_path(out, "roles"))
     flat.unlink()
-    write_json({"kind": "imported", "source": shown, "roles_csv": str(roles_csv) if roles_csv else None,
+    write_json({"kind": "imported", "schema_version": SCHEMA_VERSION,
+                "source": shown, "roles_csv": str(roles_csv) if roles_csv else None,
                 "columns": rename}, out / MANIFEST)
     display = {"tokens": (shown, lines), "responses": (shown, lines), "roles": (str(roles_csv or shown), False)}
     return Run(out, display=display)

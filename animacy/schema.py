@@ -30,6 +30,15 @@ LABELS = ("denies_experience", "claims_ai")
 CONTROL_GROUP = "Assistant"
 NO_PROMPT_ROLE = "(no system prompt)"  # the pass without a system prompt: a condition, kept as a control role
 NO_PROMPT_GROUP = "No prompt"
+SCHEMA_VERSION = 2  # raised whenever a table's columns or meaning change; recorded in every manifest
+
+
+def response_id(role: str, task_id: str, replicate: int) -> str:
+    """The one response-id format, for every writer: 'role|task_id|r<replicate>'."""
+    return f"{role}|{task_id}|r{replicate}"
+
+
+RESPONSE_ID_SQL = "concat_ws('|', role, task_id, 'r' || replicate::VARCHAR)"  # the same, in DuckDB
 
 ARROW_TYPES: dict[Kind, pa.DataType] = {
     "str": pa.string(),

@@ -37,7 +37,7 @@ from animacy.errors import ConfigError, DataError
 from animacy.provenance import provenance
 from animacy.roles import read_norms
 from animacy.run import MANIFEST, Run
-from animacy.schema import NO_PROMPT_GROUP, NO_PROMPT_ROLE
+from animacy.schema import NO_PROMPT_GROUP, NO_PROMPT_ROLE, SCHEMA_VERSION, response_id
 from animacy.tables import kind
 from animacy.writers import write_table
 
@@ -165,7 +165,7 @@ def read_sweep(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                         row=int(r["_row"]), line=int(r["_line"]), value=r["average"])
     df["prompt"] = "p" + (df["prompt_index"] + 1).astype(str)
     df["task_id"] = df["prompt"]
-    df["response_id"] = df["role"] + "|" + df["prompt"] + "|" + df["replicate"].astype(str)
+    df["response_id"] = [response_id(*k) for k in zip(df["role"], df["prompt"], df["replicate"])]
     df["derivation"] = derivation
     wg = df.assign(target=df["role"], log_prob=df["log_probs"].map(sum))[
         ["role", "prompt", "derivation", "magnitude", "layers", "replicate", "target", "log_prob"]]
@@ -217,7 +217,7 @@ def read_study_responses(path: Path) -> pd.DataFrame:
         rows.append({"role": rec[at["role"]] or NO_PROMPT_ROLE, "task_id": rec[at["task"]], "replicate": sample,
                      "text": rec[at["text"]]})
     df = pd.DataFrame(rows)
-    df["response_id"] = df["role"] + "|" + df["task_id"] + "|" + df["replicate"].astype(str)
+    df["response_id"] = [response_id(*k) for k in zip(df["role"], df["task_id"], df["replicate"])]
     dup = df["response_id"].duplicated()
     if dup.any():
         i = int(np.argmax(dup.to_numpy()))
@@ -293,7 +293,7 @@ def import_study(files: list[str | Path], out: str | Path, roles: str | Path, un
     write_table(resp, "responses", work)
     write_table(role_table[role_table["role"].isin(used)].reset_index(drop=True), "roles", work)
     layers = sorted({la for s in sweeps for la in s["layers"].unique()})
-    manifest = {"kind": "imported-original-study",
+    manifest = {"kind": "imported-original-study", "schema_version": SCHEMA_VERSION,
                 "sources": {str(Path(f).resolve()): _sha256(Path(f)) for f in files},
                 "roles_source": str(Path(roles).resolve()),
                 "magnitude_units": f"{units} (the study's units, as given)", "steered_layers": layers,

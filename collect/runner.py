@@ -35,7 +35,7 @@ from animacy.progress import progress
 from animacy.provenance import config_hash, provenance
 from animacy.roles import GroupRule, design_roles, read_norms
 from animacy.run import MANIFEST, Run, table_path
-from animacy.schema import CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE
+from animacy.schema import CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE, SCHEMA_VERSION, response_id
 
 JOBS = "_jobs"
 REDUCTIONS_WITH = ("mean_response", "mean_first_10", "role_word", "period", "last_token")
@@ -72,10 +72,6 @@ def study_roles(cfg: StudyConfig) -> pd.DataFrame:
 
 def response_seed(seed: int, role: str, task: int, replicate: int) -> int:
     return int(hashlib.sha256(f"{seed}|{role}|{task}|{replicate}".encode()).hexdigest()[:8], 16)
-
-
-def response_id(role: str, task: int, replicate: int) -> str:
-    return f"{role}|t{task:02d}|r{replicate}"
 
 
 @dataclass
@@ -161,7 +157,8 @@ class Runner:
         shards = sorted(p.stem for p in (self.out / JOBS).glob("shard-*.done")) if (self.out / JOBS).exists() else []
         cfg = self.cfg.as_dict()
         write_json({
-            "kind": "collected", "config": cfg, "config_hash": config_hash(cfg), "model": self.lm.info,
+            "kind": "collected", "schema_version": SCHEMA_VERSION,
+            "config": cfg, "config_hash": config_hash(cfg), "model": self.lm.info,
             "chat_template_hash": self.lm.info["chat_template_hash"], "layers": {
                 "capture": self.cfg.capture_layers, "steer": self.cfg.steer_layers},
             "seeds": {"study": self.cfg.seed, "per_response": "sha256(seed|role|task|replicate)[:8]"},
@@ -194,8 +191,8 @@ class Runner:
         prompts = {t: self._prompt(role, t, True).ids for t in range(len(self.cfg.tasks))}
         seeds = [response_seed(self.cfg.seed, role, t, r) for t, r in cells]
         gens = self._generate([prompts[t] for t, _ in cells], seeds)
-        rows = [{"response_id": response_id(role, t, r), "role": role, "task_id": f"t{t:02d}", "replicate": r,
-                 "seed": seed, "text": g.text, "n_tokens": len(g.ids), "finish_reason": g.finish_reason,
+        rows = [{"response_id": response_id(role, f"t{t:02d}", r), "role": role, "task_id": f"t{t:02d}",
+                 "replicate": r, "seed": seed, "text": g.text, "n_tokens": len(g.ids), "finish_reason": g.finish_reason,
                  "token_ids": g.ids} for (t, r), seed, g in zip(cells, seeds, gens)]
         self._part("responses", job, pd.DataFrame(rows).astype({"seed": "int64"}))
         self._mark(job, {"responses": len(rows)})
