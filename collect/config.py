@@ -137,6 +137,36 @@ def _list(section, key, kind, path, where, default=...):
     return out
 
 
+KEYS = {
+    "study": {"name", "seed", "replicates", "temperature", "max_new_tokens", "system_template", "no_prompt", "tasks"},
+    "model": {"source", "revision", "dtype", "device", "generator", "max_batch_tokens", "generation_batch"},
+    "roles": {"table", "list", "per_group", "controls", "x", "y", "high", "low"},
+    "capture": {"layers"},
+    "steer": {"layers", "derivations", "magnitudes", "units", "position_mode", "cap_taus", "score_tokens"},
+    "word_guess": {"prompt"},
+    "traits": {"name", "positive", "negative"},
+}
+
+
+def _unknown_keys(raw: dict, path: str) -> None:
+    """Every key at every level must be one the config knows; the closest known key is suggested."""
+    import difflib
+
+    def refuse(where: str, key: str, known: set[str]) -> None:
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(sorted(known))})"
+        raise ConfigError(path, f"has an unknown key '{key}' in [{where}]{hint}", column=f"{where}.{key}")
+
+    for section, body in raw.items():
+        entries = body if section == "traits" and isinstance(body, list) else [body]
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ConfigError(path, f"[{section}] should be a table of keys", column=section)
+            for key in entry:
+                if key not in KEYS[section]:
+                    refuse(section, key, KEYS[section])
+
+
 def load_config(path: str | Path) -> StudyConfig:
     """Read and validate a study config."""
     path = Path(path)
@@ -150,7 +180,12 @@ def load_config(path: str | Path) -> StudyConfig:
     known = {"study", "model", "roles", "capture", "steer", "word_guess", "traits"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(p, f"has an unknown section [{unknown[0]}] (known: {', '.join(sorted(known))})")
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f"; did you mean [{close[0]}]?" if close else f" (known: {', '.join(sorted(known))})"
+        raise ConfigError(p, f"has an unknown section [{unknown[0]}]{hint}")
+    _unknown_keys(raw, p)
     st, mo, ro = raw.get("study", {}), raw.get("model", {}), raw.get("roles", {})
     ca, se, wg = raw.get("capture", {}), raw.get("steer", {}), raw.get("word_guess", {})
     cfg = StudyConfig(
@@ -223,3 +258,21 @@ def _check(c: StudyConfig) -> None:
         raise ConfigError(p, f"model.generator must be one of {', '.join(GENERATORS)}", column="model.generator")
     if c.temperature < 0:
         raise ConfigError(p, "study.temperature must be >= 0", column="study.temperature")
+    for key, layers in (("capture.layers", c.capture_layers), ("steer.layers", c.steer_layers)):
+        if any(layer < 0 for layer in layers):
+            raise ConfigError(p, f"{key} must be layer indices >= 0 (counted from the first decoder layer)",
+                              column=key, value=min(layers))
+    if len(set(c.controls)) < len(c.controls):
+        raise ConfigError(p, "roles.controls lists a control twice", column="roles.controls")
+    if c.roles_list is not None:
+        seen: set[str] = set()
+        for entry in c.roles_list:
+            role = entry.get("role") if isinstance(entry, dict) else entry
+            if not isinstance(role, str) or not role.strip():
+                raise ConfigError(p, "every role in roles.list must be a non-empty string", column="roles.list",
+                                  value=role)
+            if role in seen:
+                raise ConfigError(p, f"roles.list lists the role '{role}' twice", column="roles.list")
+            if role in c.controls:
+                raise ConfigError(p, f"the role '{role}' is also an assistant control", column="roles.list")
+            seen.add(role)

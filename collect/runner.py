@@ -27,6 +27,7 @@ from animacy.atomic import write_json, write_parquet
 from animacy.collect import vectors as vec
 from animacy.collect.backend import Intervention, TransformersBackend, pack
 from animacy.collect.config import StudyConfig
+from animacy.collect.hooks import decoder_layers
 from animacy.collect.model import LoadedModel, load_model
 from animacy.collect.prompts import Prompt, render_prompt, system_text
 from animacy.collect.vllm_backend import Sampling, VLLMBackend
@@ -64,6 +65,14 @@ def study_roles(cfg: StudyConfig) -> pd.DataFrame:
             roles = roles[~roles["is_control"]]
     extra = pd.DataFrame({"role": [*cfg.controls, NO_PROMPT_ROLE],
                           "group": [CONTROL_GROUP] * len(cfg.controls) + [NO_PROMPT_GROUP], "is_control": True})
+    clash = sorted(set(roles["role"].astype(str)) & set(extra["role"]))
+    if clash:
+        raise ConfigError(cfg.path, f"the role '{clash[0]}' of the roles table is also an assistant control (or the "
+                          "no-prompt pass)", column="roles.controls")
+    dup = roles["role"].astype(str).duplicated()
+    if dup.any():
+        twice = roles["role"].iloc[int(dup.to_numpy().argmax())]
+        raise ConfigError(cfg.path, f"the roles table has the role '{twice}' twice", column="roles.table")
     out = pd.concat([roles, extra], ignore_index=True)
     front = ["role", "group", "is_control"]
     out = out[front + [c for c in out.columns if c not in front]]
@@ -129,7 +138,17 @@ class Runner:
         return render_prompt(self.lm.tokenizer, self.cfg.tasks[task], system, role, self.cfg.no_prompt)
 
     # ---- the run --------------------------------------------------------------------------------
+    def check_layers(self) -> None:
+        """Every capture and steer layer exists in the model: checked before any work."""
+        n = len(decoder_layers(self.lm.model))
+        for key, layers in (("capture.layers", self.cfg.capture_layers), ("steer.layers", self.cfg.steer_layers)):
+            bad = [layer for layer in layers if layer >= n]
+            if bad:
+                raise ConfigError(self.cfg.path, f"{key} names layer {bad[0]}, but {self.cfg.model_source} has {n} "
+                                  f"decoder layers (0-{n - 1})", column=key, value=bad[0])
+
     def run(self) -> Path:
+        self.check_layers()
         self.out.mkdir(parents=True, exist_ok=True)
         write_parquet(self.roles, table_path(self.out, "roles"))
         self._write_manifest()

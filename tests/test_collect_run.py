@@ -144,6 +144,16 @@ def test_two_shards_make_the_same_run(config, full_run, tmp_path):
     (lambda s: s.replace('"with_minus_without_response"', '"with_minus_without"'), "unknown derivation"),
     (lambda s: s + "\n[steering]\nx = 1\n", "unknown section [steering]"),
     (lambda s: s.replace("[study]", "[study"), "not valid TOML"),
+    # typos are refused with the closest key, at every level
+    (lambda s: s.replace("max_new_tokens = 8", "max_new_token = 8"), "did you mean 'max_new_tokens'"),
+    (lambda s: s.replace("magnitudes = [0.0, 0.1]", "magnitude = [0.0, 0.1]"), "did you mean 'magnitudes'"),
+    (lambda s: s + '\n[[traits]]\nname = "x"\npositive = "a"\nnegativ = "b"\n', "did you mean 'negative'"),
+    (lambda s: s + "\n[steeer]\nx = 1\n", "did you mean [steer]"),
+    # a config that cannot run is refused before any work
+    (lambda s: s.replace("layers = [5, 10]", "layers = [-1, 5]"), "capture.layers must be layer indices >= 0"),
+    (lambda s: s.replace('{role = "sock"', '{role = "lawyer"'), "lists the role 'lawyer' twice"),
+    (lambda s: s.replace('controls = ["assistant"]', 'controls = ["sock"]'), "'sock' is also an assistant control"),
+    (lambda s: s.replace('{role = "sock"', "{role = 7"), "must be a non-empty string"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, edit, words, capsys):
     path = tmp_path / "bad.toml"
@@ -152,6 +162,16 @@ def test_config_errors_name_the_file_and_key(tmp_path, edit, words, capsys):
     err = capsys.readouterr().err
     assert str(path) in err and words in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_layer_the_model_lacks_is_refused_before_any_work(tmp_path, smollm2, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(CONFIG.replace("layers = [5, 10]", "layers = [5, 99]"))
+    out = tmp_path / "o"
+    assert main(["collect", "run", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "capture.layers names layer 99" in err and "30 decoder layers" in err, err
+    assert not out.exists()
 
 
 def test_plan_counts_jobs_and_estimates_time(config, capsys):
