@@ -1,19 +1,24 @@
 """An LLM judge through any OpenAI-compatible chat endpoint (a local vLLM server or a hosted API).
 
-A fixed rubric asks for JSON `{"denies_experience": 0|1, "claims_ai": 0|1}`. Answers are cached on disk
-by a hash of (model, rubric version, role, text), so a re-run sends nothing for texts already judged.
-Transient failures (connection errors, 429, 5xx, unparseable answers) are retried with backoff; an
-endpoint that cannot be reached at all is a clear error, not a traceback.
+A fixed rubric asks for JSON `{"denies_experience": 0|1, "claims_ai": 0|1}`. The judge never guesses: a
+label must be a boolean, 0/1 or "yes"/"no"; any other value (0.9, null, "maybe"), a null content or a cut
+short body is an error for that response, retried and never cached. Answers are cached on disk by a hash
+of (model, rubric version, role, text), so a re-run sends nothing for texts already judged; a corrupt
+cache entry is discarded with a warning. Transient failures (connection errors, 408, 429, 5xx) are
+retried with backoff, honouring `Retry-After`; a server that answers 5xx on every try is reported as a
+server error, and an endpoint that cannot be reached at all as unreachable, never as a traceback.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,16 +71,28 @@ class Judge:
             self.sent += 1
             return json.loads(resp.read().decode())
 
+    def _cached(self, path: Path) -> dict | None:
+        if not path.exists():
+            return None
+        try:
+            return _labels(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            warnings.warn(f"discarding a corrupt judge cache entry {path} ({exc})", stacklevel=3)
+            path.unlink(missing_ok=True)
+            return None
+
     def ask(self, text: str, role: str | None = None) -> dict:
         """The judge's labels for one response, from the cache or the endpoint."""
         path = self.cache_dir / f"{self.key(text, role)}.json"
-        if path.exists():
-            return json.loads(path.read_text())
+        cached = self._cached(path)
+        if cached is not None:
+            return cached
         user = (f"Role: {role}\n" if role else "") + f"Response:\n{text}"
         payload = {"model": self.model, "temperature": 0, "max_tokens": 40,
                    "messages": [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]}
         last: Exception | None = None
         for attempt in range(self.retries + 1):
+            wait = self.backoff * 2**attempt
             try:
                 answer = _parse(self._post(payload)["choices"][0]["message"]["content"])
                 write_json(answer, path)
@@ -84,16 +101,24 @@ class Judge:
                 if exc.code not in (408, 429) and exc.code < 500:
                     raise ConfigError(self.base_url, f"the judge endpoint refused the request: HTTP {exc.code}",
                                       hint="Check --model and the API key.") from exc
+                wait = max(wait, _retry_after(exc))
+                last = exc
+            except http.client.HTTPException as exc:  # a body cut short (IncompleteRead), a bad status line
                 last = exc
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
                 last = exc
-            except (KeyError, IndexError, ValueError) as exc:  # malformed or non-JSON answer
+            except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:  # no usable labels
                 last = exc
-            time.sleep(self.backoff * 2**attempt)
+            if attempt < self.retries:
+                time.sleep(wait)
+        tries = f"after {self.retries + 1} tries"
+        if isinstance(last, urllib.error.HTTPError):
+            raise ConfigError(self.base_url, f"the judge server answered HTTP {last.code} (a server error) {tries}",
+                              hint="The server is up but failing: check its logs, or retry later.")
         if isinstance(last, (urllib.error.URLError, ConnectionError, TimeoutError, OSError)):
-            raise ConfigError(self.base_url, f"cannot reach the judge endpoint after {self.retries + 1} tries "
-                              f"({last})", hint="Is the server running, and is --endpoint its /v1 URL?")
-        raise ConfigError(self.base_url, f"the judge gave no usable answer after {self.retries + 1} tries ({last})")
+            raise ConfigError(self.base_url, f"cannot reach the judge endpoint {tries} ({last})",
+                              hint="Is the server running, and is --endpoint its /v1 URL? (--timeout sets the wait)")
+        raise ConfigError(self.base_url, f"the judge gave no usable answer {tries} ({last}); nothing was cached")
 
     def classify(self, texts: pd.DataFrame, quiet: bool = False) -> pd.DataFrame:
         roles = texts["role"] if "role" in texts else [None] * len(texts)
@@ -105,11 +130,32 @@ class Judge:
         return pd.DataFrame(rows)
 
 
+_TRUTH = {True: 1, False: 0, "yes": 1, "no": 0, "1": 1, "0": 0, "true": 1, "false": 0}  # 1 == True, 0 == False
+
+
+def _labels(obj: dict) -> dict:
+    """Both labels as 0/1 from booleans, 0/1 or yes/no; anything else (0.9, null, 'maybe') is an error."""
+    out = {}
+    for k in ("denies_experience", "claims_ai"):
+        v = obj[k]
+        key = v.strip().lower() if isinstance(v, str) else v
+        if isinstance(key, float) and key not in (0.0, 1.0):
+            raise ValueError(f"{k} is {v!r}, not a label (a boolean, 0/1 or yes/no)")
+        if key is None or key not in _TRUTH:
+            raise ValueError(f"{k} is {v!r}, not a label (a boolean, 0/1 or yes/no)")
+        out[k] = _TRUTH[key]
+    return out
+
+
 def _parse(content: str) -> dict:
     """The first JSON object in the answer, with both labels as 0/1."""
     start, end = content.find("{"), content.rfind("}")
-    obj = json.loads(content[start:end + 1])
-    out = {k: int(obj[k]) for k in ("denies_experience", "claims_ai")}
-    if any(v not in (0, 1) for v in out.values()):
-        raise ValueError(f"labels must be 0 or 1: {out}")
-    return out
+    return _labels(json.loads(content[start:end + 1]))
+
+
+def _retry_after(exc: urllib.error.HTTPError, cap: float = 120.0) -> float:
+    """Seconds the server asked us to wait (Retry-After, in seconds), capped; 0 when it did not say."""
+    try:
+        return min(cap, max(0.0, float(exc.headers.get("Retry-After", 0))))
+    except (TypeError, ValueError, AttributeError):
+        return 0.0

@@ -50,7 +50,8 @@ def cmd_classify(a: argparse.Namespace) -> int:
     if a.endpoint or a.method == "judge":
         if not (a.endpoint and a.model):
             raise ConfigError("--endpoint", "the judge needs --endpoint URL (ending in /v1) and --model NAME")
-        judge = Judge(a.endpoint, a.model, api_key=os.environ.get(a.api_key_env) if a.api_key_env else None)
+        judge = Judge(a.endpoint, a.model, api_key=os.environ.get(a.api_key_env) if a.api_key_env else None,
+                      timeout=a.timeout)
     if a.evaluate:
         result, kappa = evaluate(judge=judge, quiet=a.quiet)
         print(result.round(3).to_string(index=False))
@@ -123,7 +124,7 @@ def cmd_collect(a: argparse.Namespace) -> int:
     else:
         if not a.out:
             raise ConfigError("collect run", "needs --out RUN (the run folder to write or resume)")
-        collect_cli.run(a.config, a.out, a.shard, a.quiet)
+        collect_cli.run(a.config, a.out, a.shard, a.quiet, a.allow_config_change)
     return 0
 
 
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="study config (TOML), e.g. data/demo.toml")
     s.add_argument("--out", help="run folder (written, or resumed if it exists)")
     s.add_argument("--shard", default=None, help="i/n: run the i-th of n shards (default: SLURM_ARRAY_TASK_ID)")
+    s.add_argument("--allow-config-change", default=None, metavar="KEYS",
+                   help="resume a run whose config differs in these keys (comma-separated); the change is recorded")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_collect)
 
@@ -311,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", help="OpenAI-compatible base URL for the judge, e.g. http://localhost:8000/v1")
     s.add_argument("--model", help="the judge's model name")
     s.add_argument("--api-key-env", default=None, help="environment variable holding the judge's API key")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each judge answer (default 60)")
     s.add_argument("--evaluate", action="store_true", help="measure the methods against the held-out hand labels")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_classify)

@@ -28,11 +28,12 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def run(config: str, out: str, shard: str | None, quiet: bool) -> Path:
+def run(config: str, out: str, shard: str | None, quiet: bool, allow_config_change: str | None = None) -> Path:
     from animacy.collect.runner import Runner
 
     t = time.perf_counter()
-    path = Runner(load_config(config), out, parse_shard(shard), quiet).run()
+    allowed = tuple(k.strip() for k in (allow_config_change or "").split(",") if k.strip())
+    path = Runner(load_config(config), out, parse_shard(shard), quiet, allow_config_change=allowed).run()
     print(f"collected {path} in {time.perf_counter() - t:.0f} s")
     return path
 

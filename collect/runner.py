@@ -98,8 +98,9 @@ class Runner:
 
     def __init__(self, cfg: StudyConfig, out: str | Path, shard: tuple[int, int] = (0, 1), quiet: bool = False,
                  wait_timeout: float = 24 * 3600, poll: float = 5.0,
-                 after_job: Callable[[str], None] | None = None) -> None:
+                 after_job: Callable[[str], None] | None = None, allow_config_change: tuple[str, ...] = ()) -> None:
         self.cfg, self.out, self.shard, self.quiet = cfg, Path(out), shard, quiet
+        self.allow_config_change = tuple(allow_config_change)
         self.wait_timeout, self.poll = wait_timeout, poll
         self.after_job = after_job
         self.roles = study_roles(cfg)
@@ -147,8 +148,33 @@ class Runner:
                 raise ConfigError(self.cfg.path, f"{key} names layer {bad[0]}, but {self.cfg.model_source} has {n} "
                                   f"decoder layers (0-{n - 1})", column=key, value=bad[0])
 
+    def check_resume(self) -> dict | None:
+        """A run folder made with another config is refused, naming the keys that differ (the config file's
+        own path aside), unless each is in `allow_config_change`; then the change is recorded. Returns the
+        existing manifest (None for a new run)."""
+        path = self.out / MANIFEST
+        if not path.exists():
+            return None
+        old = json.loads(path.read_text())
+        before, now = old.get("config", {}), self.cfg.as_dict()
+        keys = sorted(k for k in set(before) | set(now) if k != "path" and before.get(k) != now.get(k))
+        if not keys:
+            return old
+        refused = [k for k in keys if k not in self.allow_config_change]
+        if refused:
+            shown = "; ".join(f"{k}: {before.get(k)!r} in the run, {now.get(k)!r} now" for k in refused)
+            raise ConfigError(self.cfg.path, f"{self.out} was collected with another config ({shown}). Resume it "
+                              "with the config that made it, or pass --allow-config-change "
+                              f"{','.join(refused)} to continue and record the change", column=refused[0])
+        old.setdefault("config_changes", []).append(
+            {"keys": keys, "from": {k: before.get(k) for k in keys}, "to": {k: now.get(k) for k in keys},
+             "config": self.cfg.path, "provenance": provenance()})
+        write_json(old, path)
+        return old
+
     def run(self) -> Path:
         self.check_layers()
+        self.check_resume()
         self.out.mkdir(parents=True, exist_ok=True)
         write_parquet(self.roles, table_path(self.out, "roles"))
         self._write_manifest()
@@ -172,8 +198,17 @@ class Runner:
         return self.out
 
     def _write_manifest(self) -> None:
+        """The manifest; a resumed run keeps the original's config, hash, model, generation and provenance
+        (and any recorded config changes), and updates only what the run adds: shards done, layer norms."""
         norms_path = self.out / JOBS / "layer_norms.json"
         shards = sorted(p.stem for p in (self.out / JOBS).glob("shard-*.done")) if (self.out / JOBS).exists() else []
+        existing = self.out / MANIFEST
+        if existing.exists():
+            old = json.loads(existing.read_text())
+            old["shards_done"] = shards
+            old["layer_norms"] = json.loads(norms_path.read_text()) if norms_path.exists() else old.get("layer_norms")
+            write_json(old, existing)
+            return
         cfg = self.cfg.as_dict()
         write_json({
             "kind": "collected", "schema_version": SCHEMA_VERSION,

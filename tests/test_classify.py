@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
@@ -63,31 +64,42 @@ def test_hand_labels_are_plenty_and_varied():
 
 
 class _Stub(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint that labels by a keyword; it can fail the first N requests."""
+    """An OpenAI-compatible chat endpoint that labels by a keyword; it can fail the first N requests, answer
+    malformed, with probabilities, with null content, or cut its body short."""
 
     requests: ClassVar[list[dict]] = []
+    times: ClassVar[list[float]] = []
     fail_first = 0
     malformed_first = 0
+    retry_after: str | None = None
+    bad_answers: ClassVar[list] = []  # contents (or 'SHORT' for a cut body) to send before the good answer
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(body)
+        type(self).times.append(time.monotonic())
         if type(self).fail_first > 0:
             type(self).fail_first -= 1
             self.send_response(503)
+            if type(self).retry_after:
+                self.send_header("Retry-After", type(self).retry_after)
             self.end_headers()
             return
         text = body["messages"][-1]["content"].lower()
         answer = {"denies_experience": int("don't have feelings" in text), "claims_ai": int(" ai" in text)}
-        content = json.dumps(answer)
+        content = f"Here you go: {json.dumps(answer)}"
         if type(self).malformed_first > 0:
             type(self).malformed_first -= 1
             content = "Sure! I think it denies."
-        payload = {"choices": [{"message": {"role": "assistant", "content": f"Here you go: {content}"}}]}
+        short = False
+        if type(self).bad_answers:
+            content = type(self).bad_answers.pop(0)
+            short = content == "SHORT"
+        payload = {"choices": [{"message": {"role": "assistant", "content": content}}]}
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(data) + (50 if short else 0)))
         self.end_headers()
         self.wfile.write(data)
 
@@ -97,7 +109,8 @@ class _Stub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stub():
-    _Stub.requests, _Stub.fail_first, _Stub.malformed_first = [], 0, 0
+    _Stub.requests, _Stub.times, _Stub.fail_first, _Stub.malformed_first = [], [], 0, 0
+    _Stub.retry_after, _Stub.bad_answers = None, []
     server = HTTPServer(("127.0.0.1", 0), _Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -126,6 +139,48 @@ def test_judge_retries_server_errors_and_malformed_answers(stub, tmp_path):
     judge = Judge(stub, "m", cache_dir=tmp_path / "c", backoff=0.01)
     assert judge.ask("I don't have feelings.") == {"denies_experience": 1, "claims_ai": 0}
     assert len(_Stub.requests) == 4
+
+
+@pytest.mark.parametrize("bad", [
+    '{"denies_experience": 0.9, "claims_ai": 0.6}',  # probabilities are not labels: never truncated to 0
+    '{"denies_experience": null, "claims_ai": 0}',
+    None,  # content: null
+    "SHORT",  # a body cut short (IncompleteRead)
+])
+def test_the_judge_never_guesses_a_label_and_never_caches_a_bad_answer(stub, tmp_path, bad):
+    _Stub.bad_answers = [bad, bad]
+    judge = Judge(stub, "m", cache_dir=tmp_path / "c", retries=1, backoff=0.01, timeout=5)
+    with pytest.raises(ConfigError, match="no usable answer"):
+        judge.ask("I don't have feelings.")
+    assert not any((tmp_path / "c").glob("*.json")), "a bad answer was cached"
+    # the same response is asked again on the next run, and a good answer is taken
+    assert judge.ask("I don't have feelings.") == {"denies_experience": 1, "claims_ai": 0}
+
+
+def test_booleans_and_yes_no_are_labels(stub, tmp_path):
+    _Stub.bad_answers = ['{"denies_experience": true, "claims_ai": "no"}']
+    judge = Judge(stub, "m", cache_dir=tmp_path / "c", backoff=0.01)
+    assert judge.ask("x") == {"denies_experience": 1, "claims_ai": 0}
+
+
+def test_retry_after_is_honoured_and_5xx_is_a_server_error(stub, tmp_path):
+    _Stub.fail_first, _Stub.retry_after = 1, "1"
+    judge = Judge(stub, "m", cache_dir=tmp_path / "c", backoff=0.01)
+    assert judge.ask("I don't have feelings.")["denies_experience"] == 1
+    assert _Stub.times[1] - _Stub.times[0] >= 0.95  # waited the server's second, not the 0.01 s backoff
+    _Stub.fail_first, _Stub.retry_after = 10, None
+    with pytest.raises(ConfigError, match="HTTP 503 \\(a server error\\)"):
+        Judge(stub, "m", cache_dir=tmp_path / "d", retries=1, backoff=0.01).ask("other text")
+
+
+def test_a_corrupt_cache_entry_is_discarded_with_a_warning(stub, tmp_path):
+    judge = Judge(stub, "m", cache_dir=tmp_path / "c", backoff=0.01)
+    judge.ask("I don't have feelings.")
+    entry = next((tmp_path / "c").glob("*.json"))
+    entry.write_text('{"denies_experience": 0.9')
+    with pytest.warns(UserWarning, match="corrupt judge cache"):
+        assert judge.ask("I don't have feelings.") == {"denies_experience": 1, "claims_ai": 0}
+    assert json.loads(entry.read_text()) == {"denies_experience": 1, "claims_ai": 0}
 
 
 def test_unreachable_judge_is_a_clear_error(tmp_path):

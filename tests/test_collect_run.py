@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +164,30 @@ def test_config_errors_name_the_file_and_key(tmp_path, edit, words, capsys):
     err = capsys.readouterr().err
     assert str(path) in err and words in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_changed_config_is_refused_on_resume_unless_allowed_and_then_recorded(config, full_run, tmp_path, capsys):
+    run = tmp_path / "changed"
+    shutil.copytree(full_run, run)
+    before = json.loads((run / "manifest.json").read_text())
+    changed = tmp_path / "changed.toml"
+    changed.write_text(CONFIG.replace("max_new_tokens = 8", "max_new_tokens = 6").replace("temperature = 0.8",
+                                                                                          "temperature = 1.3"))
+    assert main(["collect", "run", str(changed), "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "max_new_tokens: 8 in the run, 6 now" in err and "temperature" in err, err
+    assert json.loads((run / "manifest.json").read_text()) == before, "a refused resume must not touch the manifest"
+    assert main(["collect", "run", str(changed), "--out", str(run), "--quiet",
+                 "--allow-config-change", "max_new_tokens,temperature"]) == 0
+    after = json.loads((run / "manifest.json").read_text())
+    for key in ("config", "config_hash", "provenance", "model", "generation"):
+        assert after[key] == before[key], f"a resumed run rewrote {key}"
+    change = after["config_changes"][0]
+    assert change["keys"] == ["max_new_tokens", "temperature"]
+    assert change["from"] == {"max_new_tokens": 8, "temperature": 0.8} and change["to"]["temperature"] == 1.3
+    a, b = _tables(full_run), _tables(run)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True, obj=name)
 
 
 def test_a_layer_the_model_lacks_is_refused_before_any_work(tmp_path, smollm2, capsys):
