@@ -26,6 +26,7 @@ import pandas as pd
 
 from animacy.atomic import write_json
 from animacy.errors import ConfigError
+from animacy.labels import label_value
 from animacy.progress import progress
 
 RUBRIC_VERSION = "1"
@@ -130,20 +131,13 @@ class Judge:
         return pd.DataFrame(rows)
 
 
-_TRUTH = {True: 1, False: 0, "yes": 1, "no": 0, "1": 1, "0": 0, "true": 1, "false": 0}  # 1 == True, 0 == False
-
-
 def _labels(obj: dict) -> dict:
     """Both labels as 0/1 from booleans, 0/1 or yes/no; anything else (0.9, null, 'maybe') is an error."""
     out = {}
     for k in ("denies_experience", "claims_ai"):
-        v = obj[k]
-        key = v.strip().lower() if isinstance(v, str) else v
-        if isinstance(key, float) and key not in (0.0, 1.0):
-            raise ValueError(f"{k} is {v!r}, not a label (a boolean, 0/1 or yes/no)")
-        if key is None or key not in _TRUTH:
-            raise ValueError(f"{k} is {v!r}, not a label (a boolean, 0/1 or yes/no)")
-        out[k] = _TRUTH[key]
+        out[k] = label_value(obj[k])
+        if out[k] is None:
+            raise ValueError(f"{k} is {obj[k]!r}, not a label (a boolean, 0/1 or yes/no)")
     return out
 
 

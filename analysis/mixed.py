@@ -118,12 +118,12 @@ def _python(design: Design, family: str, reml: bool) -> RawFit:
 
     fit = eng.fit_binomial(design) if family == "binomial" else eng.fit_gaussian(design, reml)
     variance, modes = [], {}
-    for t, names, cov, b in zip(design.formula.random, design.random_names, fit.covariances, fit.modes):
+    for t, names, level_names, cov, b in zip(design.formula.random, design.random_names, design.levels,
+                                             fit.covariances, fit.modes):
         for i, a in enumerate(names):
             variance.append({"group": t.group, "term": a, "term2": None, "value": cov[i, i]})
             variance += [{"group": t.group, "term": a, "term2": names[j], "value": cov[i, j]}
                          for j in range(i + 1, len(names))]
-        level_names = design.levels[design.formula.random.index(t)]
         part = pd.DataFrame(b, index=pd.Index(level_names, name=t.group), columns=names)
         modes[t.group] = part if t.group not in modes else modes[t.group].join(part, how="outer")
     if family == "gaussian":

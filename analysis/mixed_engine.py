@@ -62,32 +62,32 @@ def _lower_triangle(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Structure:
-    """Z, and Λθ's sparsity pattern with where each θ goes."""
+    """Z (as a sparse matrix, and as the column and value of each row's nonzeros), and Λθ's sparsity
+    pattern with where each θ goes."""
 
     def __init__(self, d: Design):
-        blocks, rows, cols, tidx, lower = [], [], [], [], []
+        cols, rows_l, cols_l, tidx, lower = [], [], [], [], []
         self.terms = []  # (offset, levels, k, first theta index)
         off, t0 = 0, 0
-        n = d.n
         for Xr, codes, lev in zip(d.random_X, d.codes, d.levels):
             L, k = len(lev), Xr.shape[1]
-            r = np.repeat(np.arange(n), k)
-            c = off + (codes[:, None] * k + np.arange(k)[None, :]).ravel()
-            blocks.append((Xr.ravel(), r, c))
+            cols.append(off + codes[:, None] * k + np.arange(k)[None, :])
             tri = list(zip(*_lower_triangle(k)))
             for p, (i, j) in enumerate(tri):
-                rows.append(off + np.arange(L) * k + i)
-                cols.append(off + np.arange(L) * k + j)
+                rows_l.append(off + np.arange(L) * k + i)
+                cols_l.append(off + np.arange(L) * k + j)
                 tidx.append(np.full(L, t0 + p))
                 lower.append(0.0 if i == j else -np.inf)
             self.terms.append((off, L, k, t0))
             off += L * k
             t0 += len(tri)
         self.q = off
-        data = np.concatenate([b[0] for b in blocks])
-        self.Z = sp.csc_matrix((data, (np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks]))),
+        # every row has one nonzero per column of each random term: Z as (column, value) per row
+        self.cols, self.vals = np.hstack(cols), np.hstack(d.random_X)
+        n, K = self.cols.shape
+        self.Z = sp.csc_matrix((self.vals.ravel(), (np.repeat(np.arange(n), K), self.cols.ravel())),
                                shape=(n, self.q))
-        self.lam_rows, self.lam_cols = np.concatenate(rows), np.concatenate(cols)
+        self.lam_rows, self.lam_cols = np.concatenate(rows_l), np.concatenate(cols_l)
         self.lam_theta = np.concatenate(tidx)
         self.lower = np.array(lower)
         self.theta0 = np.where(np.isfinite(self.lower), 1.0, 0.0)
@@ -191,18 +191,14 @@ def _fit_gaussian(d: Design, reml: bool) -> EngineFit:
 
 
 class _RowZ:
-    """Z as (column, value) pairs per row: every row has one nonzero per column of each random term, so
-    products with Z are plain numpy (no sparse-matrix overhead in the PIRLS loop)."""
+    """Products with Z from its per-row (column, value) pairs: plain numpy, no sparse-matrix overhead in
+    the PIRLS loop."""
 
-    def __init__(self, d: Design, s: _Structure):
-        cols, vals = [], []
-        for (off, _, k, _), Xr, codes in zip(s.terms, d.random_X, d.codes):
-            cols.append(off + codes[:, None] * k + np.arange(k)[None, :])
-            vals.append(Xr)
-        self.cols, self.vals, self.q = np.hstack(cols), np.hstack(vals), s.q
-        K = self.cols.shape[1]
-        self.pairs = (self.cols[:, :, None] * self.q + self.cols[:, None, :]).reshape(len(self.cols), K * K)
-        self.outer = (self.vals[:, :, None] * self.vals[:, None, :]).reshape(len(self.cols), K * K)
+    def __init__(self, s: _Structure):
+        self.cols, self.vals, self.q = s.cols, s.vals, s.q
+        n, K = self.cols.shape
+        self.pairs = (self.cols[:, :, None] * self.q + self.cols[:, None, :]).reshape(n, K * K)
+        self.outer = (self.vals[:, :, None] * self.vals[:, None, :]).reshape(n, K * K)
 
     def times(self, v: np.ndarray) -> np.ndarray:
         return (self.vals * v[self.cols]).sum(1)
@@ -225,7 +221,7 @@ class _RowZ:
 class _Binomial:
     def __init__(self, d: Design, s: _Structure):
         self.d, self.s = d, s
-        self.Z = _RowZ(d, s)
+        self.Z = _RowZ(s)
         self.k, self.m = d.y, d.trials
         self.const = float(np.sum(gammaln(self.m + 1) - gammaln(self.k + 1) - gammaln(self.m - self.k + 1)))
         self.u = np.zeros(s.q)
@@ -325,7 +321,8 @@ def _fit_binomial(d: Design) -> EngineFit:
         params, crit, optimizer, tried, derivs = _minimize(lambda p: g.laplace(p, nt), start, lower)
         theta, beta = params[:nt], params[nt:]
         _, u, _, fac, w, Lam = g.pirls(theta, beta)
-        messages, H = _checks(derivs, return_hessian=True)
+        messages = _checks(derivs)
+        H = derivs[1] if np.all(np.isfinite(derivs[1])) else None
         vcov, note = _binomial_vcov(H, nt, g, fac, w, Lam)
     if note:
         messages.append(note)
@@ -468,29 +465,26 @@ def _derivatives(fun, x: np.ndarray, lower: np.ndarray, h: float = 1e-4):
     return grad, H, at_bound
 
 
-def _checks(derivs, return_hessian=False):
+def _checks(derivs) -> list[str]:
     """lme4's convergence checks at the optimum: the Hessian-scaled gradient, and a positive definite
     Hessian (parameters on their bound are left out: that is the boundary check's business)."""
-    messages = []
     grad, H, at_bound = derivs
+    if not np.all(np.isfinite(H)):
+        return ["the criterion is not finite near the optimum"]
     free = ~at_bound
     Hf, gf = H[np.ix_(free, free)], grad[free]
-    if not np.all(np.isfinite(H)):
-        messages.append("the criterion is not finite near the optimum")
-        return (messages, None) if return_hessian else messages
-    if gf.size:
-        try:
-            C = np.linalg.cholesky(Hf)
-            scgrad = linalg.solve_triangular(C, gf, lower=True)
-            worst = float(np.max(np.abs(scgrad)))
-            if worst > GRAD_TOL:
-                messages.append(f"failed to converge: the scaled gradient at the optimum is {worst:.2g} "
-                                f"(tolerance {GRAD_TOL:g})")
-        except np.linalg.LinAlgError:
-            eig = np.linalg.eigvalsh(Hf)
-            messages.append(f"the Hessian at the optimum is not positive definite (smallest eigenvalue {eig[0]:.3g}): "
-                            "a saddle point, or a model the data cannot identify")
-    return (messages, H) if return_hessian else messages
+    if not gf.size:
+        return []
+    try:
+        C = np.linalg.cholesky(Hf)
+    except np.linalg.LinAlgError:
+        eig = np.linalg.eigvalsh(Hf)
+        return [f"the Hessian at the optimum is not positive definite (smallest eigenvalue {eig[0]:.3g}): "
+                "a saddle point, or a model the data cannot identify"]
+    worst = float(np.max(np.abs(linalg.solve_triangular(C, gf, lower=True))))
+    if worst > GRAD_TOL:
+        return [f"failed to converge: the scaled gradient at the optimum is {worst:.2g} (tolerance {GRAD_TOL:g})"]
+    return []
 
 
 def _singular(s: _Structure, theta: np.ndarray, d: Design) -> list[str]:

@@ -64,15 +64,15 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     con = connect()
-    supported = support(run)
-    skipped = [f"{name}: {why}" for name, why in supported.items() if why is not None]
     has_tokens = run.has("tokens")
     means = response_means(run, options.first_n, con) if has_tokens else pd.DataFrame(
         columns=["response_id", "condition"])
+    conditions = set(means["condition"].unique())
+    supported = support(run, conditions)
+    skipped = [f"{name}: {why}" for name, why in supported.items() if why is not None]
     positions = position_means(run, con=con) if has_tokens else pd.DataFrame()
     source = {"run": str(run.path), "manifest": run.manifest}
     boot = {"n_boot": options.n_boot, "seed": options.seed}
-    conditions = set(means["condition"].unique())
     tables: dict[str, pd.DataFrame] = {}
     gap = None
     if supported["gap curves and relative recovery"] is None:

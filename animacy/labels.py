@@ -21,7 +21,15 @@ from animacy.schema import LABELS
 from animacy.tables import read_table
 from animacy.writers import write_table
 
-_TRUTH = {"1": 1, "0": 0, "1.0": 1, "0.0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
+_LABEL_TEXT = {"1": 1, "0": 0, "1.0": 1, "0.0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
+
+
+def label_value(value: object) -> int | None:
+    """0 or 1 for a label written as a boolean, 0/1 or yes/no (as a value or as text); None for anything
+    else (0.9, 'maybe', a missing value): the one rule for labels read from a table or from a judge."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return _LABEL_TEXT.get(str(value).strip().lower())
 
 
 def store_labels(run: Run, new: pd.DataFrame) -> pd.DataFrame:
@@ -62,8 +70,7 @@ def import_labels(table: str | Path, run: Run, id_columns: list[str], method: st
                         column=id_columns[0], row=i, value=df[id_columns[0]].iloc[i], csv_line=True)
     rows = []
     for lab in present:
-        text = df[lab].astype(str).str.strip().str.lower()
-        value = text.map(_TRUTH)
+        value = df[lab].map(label_value).astype(float)
         bad = value.isna() & df[lab].notna()
         if bad.any():
             i = int(np.argmax(bad.to_numpy()))

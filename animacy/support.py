@@ -16,9 +16,10 @@ def conditions(run: Run) -> set[str]:
     return {r[0] for r in con.execute(f"SELECT DISTINCT condition FROM {run.relation_sql('tokens')}").fetchall()}
 
 
-def support(run: Run) -> dict[str, str | None]:
-    """Analysis -> None where the tables support it, else the reason it cannot run."""
-    cond = conditions(run)
+def support(run: Run, known_conditions: set[str] | None = None) -> dict[str, str | None]:
+    """Analysis -> None where the tables support it, else the reason it cannot run. A caller that has the
+    tokens table's conditions already passes them, sparing a scan of the table."""
+    cond = conditions(run) if known_conditions is None else known_conditions
     roles = run.read("roles")
     no_tokens = "the run has no tokens table (per-token log-probs)"
     return {
