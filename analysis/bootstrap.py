@@ -9,6 +9,8 @@ True
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 MIN_CLUSTERS = 5  # fewer roles than this in a group: no bootstrap interval (it would be far too narrow)
@@ -20,9 +22,35 @@ def resample_index(n_roles: int, n_boot: int, rng: np.random.Generator) -> np.nd
     return rng.integers(0, n_roles, (n_boot, n_roles))
 
 
+def resample_counts(n_roles: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """B x n_roles: how often each resample (a row of `resample_index`, the same draws) takes each role."""
+    idx = resample_index(n_roles, n_boot, rng)
+    flat = (idx + n_roles * np.arange(n_boot)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_boot * n_roles).reshape(n_boot, n_roles).astype(float)
+
+
+def resampled_means(counts: np.ndarray, per_role: np.ndarray) -> np.ndarray:
+    """The mean (column means, for a roles x k matrix) of every resample given by `counts`, NaN-aware:
+    a matrix product instead of B copies of the data."""
+    x = np.asarray(per_role, float)
+    ok = ~np.isnan(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (counts @ np.where(ok, x, 0.0)) / (counts @ ok)
+
+
 def resample_means(per_role: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """B means (or column means, for a roles x k matrix) of roles resampled with replacement; NaN-aware."""
-    return np.nanmean(per_role[resample_index(per_role.shape[0], n_boot, rng)], axis=1)
+    return resampled_means(resample_counts(per_role.shape[0], n_boot, rng), per_role)
+
+
+def percentiles(boot: np.ndarray, q: float) -> np.ndarray:
+    """The q-th percentile of resamples over axis 0, skipping NaN (numpy's NaN-aware version, which
+    loops over columns, only where a NaN is present)."""
+    if not np.isnan(boot).any():
+        return np.percentile(boot, q, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column is NaN on purpose
+        return np.nanpercentile(boot, q, axis=0)
 
 
 def role_interval(per_role: np.ndarray, n_boot: int, rng: np.random.Generator,
@@ -33,4 +61,4 @@ def role_interval(per_role: np.ndarray, n_boot: int, rng: np.random.Generator,
         nan = np.full(per_role.shape[1:], np.nan)
         return (nan, nan) if per_role.ndim > 1 else (np.nan, np.nan)
     boot = resample_means(per_role, n_boot, rng)
-    return np.nanpercentile(boot, tail, axis=0), np.nanpercentile(boot, 100 - tail, axis=0)
+    return percentiles(boot, tail), percentiles(boot, 100 - tail)

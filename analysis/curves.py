@@ -13,13 +13,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from animacy.analysis.bootstrap import resample_index, resample_means
+from animacy.analysis.bootstrap import percentiles, resample_counts, resample_means, resampled_means
 
 
 def _bands(matrix: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """2.5 / 97.5 percentiles of column means over role (row) resamples; NaN-aware."""
     boot = resample_means(matrix, n_boot, rng)
-    return np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)
+    return percentiles(boot, 2.5), percentiles(boot, 97.5)
 
 
 def gap_curve_bands(gap: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -64,15 +64,14 @@ def relative_recovery(
         eff = part.pivot(index="role", columns="token_index", values="effect").to_numpy(float)
         gap = part.pivot(index="role", columns="token_index", values="gap").to_numpy(float)
         positions_ = np.sort(part["token_index"].unique())
-        idx = resample_index(eff.shape[0], n_boot, rng)
-        num, den = np.nanmean(eff, axis=0), np.nanmean(gap, axis=0)
-        bnum, bden = np.nanmean(eff[idx], axis=1), np.nanmean(gap[idx], axis=1)
+        counts = resample_counts(eff.shape[0], n_boot, rng)
+        bnum, bden = resampled_means(counts, eff), resampled_means(counts, gap)
         with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # guarded cells are all-NaN on purpose
+            num, den = np.nanmean(eff, axis=0), np.nanmean(gap, axis=0)
             ratio = np.where(np.abs(den) >= guard, num / den, np.nan)
             boot = np.where(np.abs(bden) >= guard, bnum / bden, np.nan)
-            lo = np.nanpercentile(boot, 2.5, axis=0)
-            hi = np.nanpercentile(boot, 97.5, axis=0)
+        lo, hi = percentiles(boot, 2.5), percentiles(boot, 97.5)
         out.append(pd.DataFrame({
             "group": g, "derivation": d, "magnitude": m, "token_index": positions_, "effect": num, "gap": den,
             "relative_recovery": ratio, "ci_low": lo, "ci_high": hi, "guarded": np.abs(den) < guard,

@@ -39,11 +39,10 @@ def gap_curve(gap: pd.DataFrame) -> alt.Chart:
     return (band + line + zero).properties(width=2 * WIDTH, height=220)
 
 
-def steering_effect(means: pd.DataFrame, title: str) -> alt.Chart:
-    """Mean log-prob of the first N steered tokens against magnitude, by group, one panel per derivation."""
-    st = means[means["condition"] == "steered"]
-    agg = st.groupby(["derivation", "group", "magnitude"], observed=True)["mean_log_prob"].mean().reset_index()
-    return alt.Chart(agg).mark_line(point=True).encode(
+def steering_effect(effect: pd.DataFrame, title: str) -> alt.Chart:
+    """Mean log-prob of the first N steered tokens against magnitude, by group, one panel per derivation
+    (one window of the analysis' `steering_effect.csv`)."""
+    return alt.Chart(effect).mark_line(point=True).encode(
         x=alt.X("magnitude:Q"), y=alt.Y("mean_log_prob:Q", title="mean log-prob", scale=alt.Scale(zero=False)),
         color=GROUP,
     ).properties(width=180, height=140).facet(facet=alt.Facet("derivation:N", title=None), columns=3).properties(

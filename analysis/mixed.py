@@ -31,7 +31,10 @@ inference, converged, messages; terms named as patsy names them: `Intercept`, `g
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +43,7 @@ from scipy import stats
 
 from animacy.analysis import BACKENDS
 from animacy.analysis.formula import Design, build, parse
-from animacy.errors import ConfigError
+from animacy.errors import ConfigError, DataError
 
 FIXED_COLUMNS = ["term", "estimate", "se", "df", "statistic", "p_value", "ci_low", "ci_high", "backend", "inference",
                  "converged", "messages"]
@@ -161,6 +164,39 @@ def fit_mixed(data: pd.DataFrame, formula: str, backend: str = "python", reml: b
                           "usable rows: too few to estimate them and a variance")
     raw = _backend(backend)(design, family, reml)
     return _to_original_units(raw, design, family, backend, reml)
+
+
+def fit_by(data: pd.DataFrame, by: str, formula: str, backend: str = "python", reml: bool = True,
+           family: str = "gaussian", what: str = "the rows", keep_errors: bool = False) -> dict:
+    """`fit_mixed` on every `by` group of `data` (in sorted order): {group: MixedFit}. With the python
+    backend the fits run in parallel processes, one per core. A group that cannot be fitted raises its
+    error, or with `keep_errors` maps to the error (a `ConfigError` saying why)."""
+    keys, jobs = [], []
+    for key, part in data.groupby(by, sort=True, observed=True):
+        keys.append(key)
+        jobs.append((part, formula, backend, reml, family, f"{what} of {by} {key}"))
+    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if backend == "python" and workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_fit_job, jobs))
+    else:
+        results = [_fit_job(job) for job in jobs]
+    out = {}
+    for key, res in zip(keys, results):
+        if isinstance(res, tuple):  # an error, sent as (class, fields): DataError does not pickle itself
+            res = res[0](**res[1])
+            if not keep_errors:
+                raise res
+        out[key] = res
+    return out
+
+
+def _fit_job(job: tuple):
+    data, formula, backend, reml, family, source = job
+    try:
+        return fit_mixed(data, formula, backend, reml, family, source)
+    except DataError as exc:
+        return type(exc), dict(vars(exc))
 
 
 def _to_original_units(raw: RawFit, d: Design, family: str, backend: str, reml: bool) -> MixedFit:

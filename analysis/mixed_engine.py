@@ -91,6 +91,19 @@ class _Structure:
         self.lam_theta = np.concatenate(tidx)
         self.lower = np.array(lower)
         self.theta0 = np.where(np.isfinite(self.lower), 1.0, 0.0)
+        self.split = self._split()
+
+    def _split(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(its columns, the other columns, k) of the random term to eliminate first, where that pays: the
+        largest term's block of Λ'Z'ZΛ + I is block-diagonal (k x k per level, each row in one level), so
+        it inverts level by level and leaves a small dense Schur complement for the other terms."""
+        if self.q <= 100:
+            return None
+        off, L, k, _ = max(self.terms, key=lambda t: t[1] * t[2])
+        if k > 4 or self.q - L * k > DENSE_MAX:
+            return None
+        first = np.arange(off, off + L * k)
+        return first, np.setdiff1d(np.arange(self.q), first), k
 
     def Lambda(self, theta: np.ndarray) -> sp.csc_matrix:
         return sp.csc_matrix((theta[self.lam_theta], (self.lam_rows, self.lam_cols)), shape=(self.q, self.q))
@@ -106,11 +119,16 @@ class _Structure:
 
 
 class _Factor:
-    """A factorisation of a symmetric positive definite matrix: solve and log-determinant."""
+    """A factorisation of a symmetric positive definite matrix: solve and log-determinant. Given a
+    `split` (see `_Structure._split`), the block-diagonal block is inverted level by level and the rest
+    factored densely through its Schur complement."""
 
-    def __init__(self, A):
+    def __init__(self, A, split: tuple[np.ndarray, np.ndarray, int] | None = None):
         q = A.shape[0]
-        if isinstance(A, np.ndarray) or q <= 100 or (q <= DENSE_MAX and A.nnz > 0.1 * q * q):
+        self._schur = None
+        if split is not None and not isinstance(A, np.ndarray):
+            self._eliminate(sp.csr_matrix(A), *split)
+        elif isinstance(A, np.ndarray) or q <= 100 or (q <= DENSE_MAX and A.nnz > 0.1 * q * q):
             dense = A if isinstance(A, np.ndarray) else A.toarray()
             self._c = linalg.cho_factor(dense, lower=True, check_finite=False)
             self.logdet = 2.0 * float(np.log(np.diag(self._c[0])).sum())
@@ -120,7 +138,35 @@ class _Factor:
                             options={"SymmetricMode": True})
             self.logdet = float(np.log(np.abs(self._lu.U.diagonal())).sum())
 
+    def _eliminate(self, A: sp.csr_matrix, first: np.ndarray, rest: np.ndarray, k: int) -> None:
+        L = len(first) // k
+        blocks = np.empty((L, k, k))
+        for i in range(k):
+            for j in range(k):
+                blocks[:, i, j] = np.asarray(A[first[i::k], first[j::k]]).ravel()
+        sign, logdets = np.linalg.slogdet(blocks)
+        if (sign <= 0).any():
+            raise linalg.LinAlgError("a block of the random-effects system is not positive definite")
+        inv = np.linalg.inv(blocks)
+        local = np.arange(L)[:, None, None] * k
+        rows = np.broadcast_to(local + np.arange(k)[None, :, None], (L, k, k)).ravel()
+        cols = np.broadcast_to(local + np.arange(k)[None, None, :], (L, k, k)).ravel()
+        binv = sp.csr_matrix((inv.ravel(), (rows, cols)), shape=(L * k, L * k))
+        cross = A[rest][:, first]
+        schur = A[rest][:, rest].toarray() - (cross @ binv @ cross.T).toarray()
+        c = linalg.cho_factor(schur, lower=True, check_finite=False) if len(rest) else None
+        self._schur = (first, rest, binv, cross, c)
+        self.logdet = float(logdets.sum()) + (2.0 * float(np.log(np.diag(c[0])).sum()) if c else 0.0)
+
     def solve(self, B: np.ndarray) -> np.ndarray:
+        if self._schur is not None:
+            first, rest, binv, cross, c = self._schur
+            B = np.asarray(B, dtype=float)
+            out = np.empty_like(B)
+            xr = linalg.cho_solve(c, B[rest] - cross @ (binv @ B[first]), check_finite=False) if c else B[rest]
+            out[rest] = xr
+            out[first] = binv @ (B[first] - cross.T @ xr)
+            return out
         if self._lu is None:
             return linalg.cho_solve(self._c, B, check_finite=False)
         return self._lu.solve(np.asarray(B, dtype=float))
@@ -143,7 +189,7 @@ class _Gaussian:
         s = self.s
         Lam = s.Lambda(theta)
         A = (Lam.T @ self.ZtZ @ Lam + sp.identity(s.q, format="csc")).tocsc()
-        fac = _Factor(A)
+        fac = _Factor(A, s.split)
         LZX, LZy = np.asarray(Lam.T @ self.ZtX), np.asarray(Lam.T @ self.Zty)
         S = fac.solve(np.column_stack([LZX, LZy]))
         SX, Sy = S[:, : self.p], S[:, self.p]
@@ -238,7 +284,7 @@ class _Binomial:
 
     def information(self, Lam, w: np.ndarray) -> _Factor:
         """The factor of Λ'Z'WZΛ + I."""
-        return _Factor(Lam.T @ self.Z.gram(w) @ Lam + self.eye)
+        return _Factor(Lam.T @ self.Z.gram(w) @ Lam + self.eye, self.s.split)
 
     def pirls(self, theta: np.ndarray, beta: np.ndarray | None, tol: float = 1e-11, max_iter: int = 60):
         """Conditional mode of u (and of β too when `beta` is None: the first stage). Returns
@@ -357,28 +403,46 @@ def _binomial_vcov(H, nt, g: _Binomial, fac, w, Lam):
 # --------------------------------------------------------------------------------------------- shared
 
 
+_OPTIMIZERS = {
+    "L-BFGS-B": lambda bounds, nm_bounds, n: {"method": "L-BFGS-B", "bounds": bounds,
+                                              "options": {"maxiter": 2000, "ftol": 1e-9, "gtol": 1e-8}},
+    "Nelder-Mead": lambda bounds, nm_bounds, n: {"method": "Nelder-Mead", "bounds": nm_bounds,
+                                                 "options": {"maxfev": 300 * n, "xatol": 1e-6, "fatol": 1e-8,
+                                                             "adaptive": True}},
+}
+
+
 def _minimize(fun, x0: np.ndarray, lower: np.ndarray, both: bool = True):
-    """Two optimizers from the same start (L-BFGS-B alone where `both` is false: a first stage); the best
-    criterion wins, L-BFGS-B and Newton steps polish it. Returns (x, criterion, optimizer, criteria tried,
+    """L-BFGS-B, polished by L-BFGS-B and Newton steps; where the result fails lme4's convergence checks,
+    Nelder-Mead from the same start too, and the best criterion wins (L-BFGS-B alone, without Newton
+    steps, where `both` is false: a first stage). Returns (x, criterion, optimizer, criteria tried,
     central-difference derivatives at x: gradient, Hessian, on-bound mask; None without Newton steps)."""
-    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
-    nm_bounds = [(lo if np.isfinite(lo) else -1e6, 1e6) for lo in lower]
     tried: dict[str, float] = {}
     best = None
-    for name, kw in (("L-BFGS-B", {"method": "L-BFGS-B", "bounds": bounds,
-                                   "options": {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-8}}),
-                     ("Nelder-Mead", {"method": "Nelder-Mead", "bounds": nm_bounds,
-                                      "options": {"maxfev": 300 * len(x0), "xatol": 1e-6, "fatol": 1e-8,
-                                                  "adaptive": True}}))[: 2 if both else 1]:
-        res = optimize.minimize(fun, x0, **kw)
-        tried[name] = float(res.fun)
-        if best is None or res.fun < best[1]:
-            best = (res.x, float(res.fun), name)
-    x, f, name = best
-    polish = {"method": "L-BFGS-B", "bounds": bounds, "options": {"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9}}
-    res = optimize.minimize(fun, x, **polish)
-    if res.fun < f:
-        x, f = res.x, float(res.fun)
+    for name in _OPTIMIZERS if both else ["L-BFGS-B"]:
+        x, f = _descend(fun, x0, lower, name, tried)
+        derivs = None
+        if both:
+            x, f, derivs = _newton(fun, x, f, lower)
+        if best is None or f < best[1]:
+            best = (x, f, name, derivs)
+        if not both or not _checks(best[3]):
+            break
+    x, f, name, derivs = best
+    return x, f, name, tried, derivs
+
+
+def _descend(fun, x0: np.ndarray, lower: np.ndarray, name: str, tried: dict[str, float]):
+    """One optimizer from `x0`, then restarts from inside for every variance left on its bound. Returns
+    (x, criterion)."""
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+    nm_bounds = [(lo if np.isfinite(lo) else -1e6, 1e6) for lo in lower]
+    res = optimize.minimize(fun, x0, **_OPTIMIZERS[name](bounds, nm_bounds, len(x0)))
+    tried[name] = float(res.fun)
+    x, f = res.x, float(res.fun)
+    # polishing is left to the Newton steps: L-BFGS-B's forward differences cannot resolve the last digits
+    polish = {"method": "L-BFGS-B", "bounds": bounds, "options": {"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9,
+                                                                  "maxfun": 100 * len(x0)}}
     # A variance at zero is a stationary point of the deviance (it depends on θ through θ²), where a
     # gradient method stops and a bounded simplex collapses: restart every such θ from inside.
     for _ in range(2):
@@ -395,10 +459,7 @@ def _minimize(fun, x0: np.ndarray, lower: np.ndarray, both: bool = True):
         if not improved:
             break
     x = np.where(np.isfinite(lower), np.maximum(x, lower), x)
-    if not both:
-        return x, float(fun(x)), name, tried, None
-    x, f, derivs = _newton(fun, x, float(fun(x)), lower)
-    return x, f, name, tried, derivs
+    return x, float(fun(x))
 
 
 def _newton(fun, x: np.ndarray, f: float, lower: np.ndarray, steps: int = 4):

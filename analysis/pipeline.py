@@ -1,4 +1,5 @@
-"""`animacy analyze`: validate a run (or flat CSV), aggregate out of core, write tidy tables."""
+"""`animacy analyze`: aggregate a run's tokens table in one out-of-core pass, then compute every statistic the
+run supports, as one `Analysis` (tidy tables and a summary) saved to an analysis folder that the report reads."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from animacy.analysis.aggregate import gap_by_role, position_means, response_means
+from animacy.analysis.aggregate import aggregates, gap_by_role
 from animacy.analysis.bootstrap import MIN_CLUSTERS
+from animacy.analysis.classify import evaluate
 from animacy.analysis.curves import gap_curve_bands, relative_recovery
-from animacy.analysis.denial import denial_models, label_table, rates
+from animacy.analysis.denial import denial_models, example_responses, label_table, rates
 from animacy.analysis.geometry import (
     axis_projections,
     cosine_by_group,
@@ -25,6 +27,7 @@ from animacy.analysis.geometry import (
 )
 from animacy.analysis.groups import RULE, apply_rule
 from animacy.analysis.ratings import baselines, blup_slopes, rating_columns, rating_multilevel, rating_regressions
+from animacy.analysis.result import Analysis
 from animacy.analysis.steering import (
     SteeringModel,
     fit_steering,
@@ -33,7 +36,6 @@ from animacy.analysis.steering import (
     slope_differences_delta,
 )
 from animacy.analysis.wordguess import word_guess_effects, word_guess_models
-from animacy.atomic import write_csv, write_json, write_parquet
 from animacy.provenance import provenance
 from animacy.run import Run, connect
 from animacy.support import support
@@ -54,45 +56,47 @@ class AnalyzeOptions:
     seed: int = 0
     umap: bool = True
     label_method: str | None = None
+    allow_incomplete: bool = False  # analyse a run whose collection did not finish (and say so everywhere)
     quiet: bool = False
 
 
-def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) -> dict:
-    """Write every analysis the run's tables support into `out` and return the summary; what the data
-    do not support is listed, with the reason, under `skipped`."""
+STEERING_WINDOWS = (10, 100)  # first-N windows of the steering-effect figure, besides first_n
+
+
+def analyze(run: Run, out: str | Path | None = None, options: AnalyzeOptions | None = None,
+            source: str | None = None) -> Analysis:
+    """Every analysis the run's tables support, as one `Analysis`, saved into `out` when given. What the
+    data do not support is listed, with the reason, in its `skipped`. `source` names the input in the
+    result (default: the run folder); an `out` holding another source's analysis is refused."""
     options = options or AnalyzeOptions()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    missing = run.check_complete(options.allow_incomplete)
     con = connect()
     has_tokens = run.has("tokens")
-    means = response_means(run, options.first_n, con) if has_tokens else pd.DataFrame(
-        columns=["response_id", "condition"])
+    if has_tokens:
+        means, positions = aggregates(run, options.first_n, STEERING_WINDOWS, con=con)
+    else:
+        means, positions = pd.DataFrame(columns=["response_id", "condition"]), pd.DataFrame()
     conditions = set(means["condition"].unique())
     supported = support(run, conditions)
     skipped = [f"{name}: {why}" for name, why in supported.items() if why is not None]
-    positions = position_means(run, con=con) if has_tokens else pd.DataFrame()
-    source = {"run": str(run.path), "manifest": run.manifest}
     boot = {"n_boot": options.n_boot, "seed": options.seed}
-    tables: dict[str, pd.DataFrame] = {}
+    roles = run.read("roles")
+    tables: dict[str, pd.DataFrame] = {"roles.csv": roles}
     gap = None
     if supported["gap curves and relative recovery"] is None:
         gap = gap_by_role(positions)
         tables["gap_curve.csv"] = gap_curve_bands(gap, **boot)
-    roles = run.read("roles")
     model = SteeringModel(outcome=options.outcome, task=options.task, random_slopes=options.random_slopes,
                           formula_text=options.formula)
     steering: dict = {"formula": model.formula()}
     if supported["steering models and slopes"] is None:
+        tables["steering_effect.csv"] = steering_effect(means, (options.first_n, *STEERING_WINDOWS))
         tables |= _steering_tables(means, positions, gap, roles, model, options, steering, skipped,
                                    run.manifest.get("magnitude_units"))
     tables |= _other_tables(run, roles, options, supported, skipped)
-    write_parquet(means, out / "response_means.parquet", metadata=source)
-    write_parquet(positions, out / "position_means.parquet", metadata=source)
     tables = {name: table for name, table in tables.items() if len(table.columns)}  # nothing to say: no file
-    for name, table in tables.items():
-        write_csv(table, out / name)
     summary = {
-        "run": str(run.path),
+        "source": source or str(run.path.resolve()),
         "run_kind": run.manifest.get("kind"),
         "options": asdict(options),
         "group_rule": RULE,
@@ -100,14 +104,33 @@ def analyze(run: Run, out: str | Path, options: AnalyzeOptions | None = None) ->
         "roles_per_group": {str(k): int(v) for k, v in roles["group"].value_counts().sort_index().items()},
         "n_responses": len(run.read("responses", ["response_id"])),
         "conditions": sorted(conditions),
-        "tables": ["response_means.parquet", "position_means.parquet", *tables],
         "skipped": skipped,
+        "complete": not missing,
+        "missing_jobs": missing,
         "steering_model": steering,
         "manifest": run.manifest,
         "provenance": provenance(),
     }
-    write_json(json.loads(json.dumps(summary, default=str)), out / "summary.json")
-    return summary
+    result = Analysis(json.loads(json.dumps(summary, default=str)),
+                      {"response_means.parquet": means.drop(columns=[f"mean_log_prob_{n}" for n in STEERING_WINDOWS],
+                                                            errors="ignore"),
+                       "position_means.parquet": positions, **tables})
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def steering_effect(means: pd.DataFrame, windows: tuple[int | None, ...]) -> pd.DataFrame:
+    """Mean over steered responses of their mean log-prob, by derivation x group x magnitude, one block per
+    first-N window (`first_n`; the first window is the response means' own `mean_log_prob`)."""
+    st = means[means["condition"] == "steered"]
+    keys = ["derivation", "group", "magnitude"]
+    blocks = []
+    for i, n in enumerate(windows):
+        col = "mean_log_prob" if i == 0 else f"mean_log_prob_{n}"
+        b = st.groupby(keys, observed=True)[col].agg(["mean", "size"]).reset_index()
+        blocks.append(b.rename(columns={"mean": "mean_log_prob", "size": "n_responses"}).assign(first_n=n))
+    return pd.concat(blocks, ignore_index=True)[["first_n", *keys, "n_responses", "mean_log_prob"]]
 
 
 def _steering_tables(means, positions, gap, roles, model: SteeringModel, options: AnalyzeOptions, steering: dict,
@@ -182,7 +205,10 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions, suppor
     if supported["denial and AI-claim statistics"] is None:
         labels = label_table(run.read("responses"), run.read("labels"), roles, options.label_method)
         by_role, by_group = rates(labels, **boot)
-        tables |= {"denial_rates_by_role.csv": by_role, "denial_rates_by_group.csv": by_group}
+        tables |= {"denial_rates_by_role.csv": by_role, "denial_rates_by_group.csv": by_group,
+                   "example_responses.csv": example_responses(run.read("responses"), run.read("labels"))}
+        metrics, _ = evaluate()
+        tables["classifier_validation.csv"] = metrics
         models = []
         for c in sorted(labels["classifier"].unique()):
             table, why = denial_models(labels, options.backend, options.reference_group, c, how=options.ratings)
@@ -214,9 +240,3 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions, suppor
         tables["word_guess_models.csv"] = word_guess_models(wg, roles, formula, options.backend,
                                                             options.reference_group, skipped)
     return tables
-
-
-def read_tables(out: str | Path) -> dict[str, pd.DataFrame]:
-    """The CSV tables an analysis wrote, by file name."""
-    return {p.name: pd.read_csv(p) for p in sorted(Path(out).glob("*.csv"))}
-

@@ -23,7 +23,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from animacy.analysis.groups import is_control
-from animacy.analysis.mixed import fit_mixed
+from animacy.analysis.mixed import fit_by
 from animacy.analysis.steering import SteeringFits, SteeringModel, steered_rows
 from animacy.errors import ConfigError
 from animacy.schema import TABLES
@@ -120,12 +120,9 @@ def rating_multilevel(means: pd.DataFrame, roles: pd.DataFrame, rating: str, mod
     rated = transform_ratings(roles, [rating], how).set_index("role")[rating]
     df, _ = steered_rows(means)
     df = df.assign(**{rating: df["role"].map(rated)}).dropna(subset=[rating])
-    out = []
-    for d, part in df.groupby("derivation", sort=True):
-        if part["role"].nunique() < 3:
-            continue
-        fit = fit_mixed(part, formula, backend, source=f"the steered rows of derivation {d}")
-        out.append(fit.fixed.assign(derivation=d, rating=rating, ratings=how, formula=fit.formula))
+    df = df[df.groupby("derivation")["role"].transform("nunique") >= 3]
+    fits = fit_by(df, "derivation", formula, backend, what="the steered rows")
+    out = [fit.fixed.assign(derivation=d, rating=rating, ratings=how, formula=fit.formula) for d, fit in fits.items()]
     if not out:
         return pd.DataFrame()
     res = pd.concat(out, ignore_index=True)

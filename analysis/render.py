@@ -1,5 +1,6 @@
-"""`animacy report`: render report/report.qmd for a run — with Quarto when it is on PATH, otherwise by
-executing the same .qmd's cells (nbclient + ipykernel) and exporting HTML (nbconvert). One source.
+"""`animacy report`: analyse a run once, then render report/report.qmd from that analysis folder — with
+Quarto when it is on PATH, otherwise by executing the same .qmd's cells (nbclient + ipykernel) and
+exporting HTML (nbconvert). One source.
 
 The fallback turns the .qmd into a notebook (markdown between fenced `{python}` cells), injects the
 parameters after the cell tagged `parameters` (as Quarto and papermill do), runs it, and exports HTML
@@ -15,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from animacy.atomic import atomic_path
-from animacy.errors import ConfigError
+from animacy.errors import ConfigError, DataError
 from animacy.resources import REPORT_SOURCE
 
 _CELL = re.compile(r"```\{python\}\n(.*?)```", re.S)
@@ -52,14 +53,30 @@ def qmd_to_notebook(text: str, params: dict):
     return nb
 
 
-def render(run: str | Path | None, out: str | Path, params: dict | None = None, engine: str = "auto",
-           timeout: int = 1200, source: Path = REPORT_SOURCE) -> Path:
-    """Render `source` (the report, for `run`; or the replication) into `out`/<name>.html (atomic) and
+def report(out: str | Path, run=None, analysis: str | Path | None = None, options=None, source: str | None = None,
+           engine: str = "auto") -> Path:
+    """The write-up as `out`/report.html. Given a `run` (a validated `Run`), it is analysed once into
+    `out`/tables first; given an existing `analysis` folder, that is rendered as it is."""
+    from animacy.analysis.result import Analysis
+
+    out = Path(out).resolve()
+    if (run is None) == (analysis is None):
+        raise ConfigError("report", "give either a run (or flat table) or --analysis DIR, not both")
+    if run is not None:
+        from animacy.analysis.pipeline import analyze
+
+        analysis = analyze(run, out / "tables", options, source=source).path
+    else:
+        analysis = Analysis.load(analysis).path
+    return render(out, {"analysis": str(Path(analysis).resolve())}, engine=engine)
+
+
+def render(out: str | Path, params: dict, engine: str = "auto", timeout: int = 1200,
+           source: Path = REPORT_SOURCE) -> Path:
+    """Render `source` (the report, or the replication) with `params` into `out`/<name>.html (atomic) and
     return its path."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params = {**({"run": str(Path(run).resolve())} if run is not None else {}), "tables": str(out / "tables"),
-              **(params or {})}
     target = out / f"{source.stem}.html"
     quarto = shutil.which("quarto")
     if engine == "quarto" and not quarto:
@@ -72,18 +89,26 @@ def render(run: str | Path | None, out: str | Path, params: dict | None = None, 
         args = [quarto, "render", str(work / source.name), "--to", "html"]
         for k, v in params.items():
             args += ["-P", f"{k}:{v}"]
-        subprocess.run(args, check=True)
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode:
+            raise DataError(source, "did not render with Quarto: " + (done.stderr.strip().splitlines() or ["?"])[-1])
         shutil.move(work / f"{source.stem}.html", target)
         return target
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
     from nbconvert import HTMLExporter
 
     nb = qmd_to_notebook(source.read_text(), params)
     from animacy.analysis.mixed_r import environment_without_r
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out)}})
-    client.execute(env=environment_without_r())
+    try:
+        client.execute(env=environment_without_r())
+    except CellExecutionError as exc:
+        label = re.search(r"#\| label: (\S+)", exc.args[0] if exc.args else "")
+        raise DataError(source, f"failed in its cell '{label.group(1) if label else '?'}': {exc.ename}: "
+                        f"{exc.evalue}", hint="animacy --debug shows the traceback") from exc
     for cell in nb.cells:  # warnings on stderr are for the log, not the reader
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]

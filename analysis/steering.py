@@ -17,7 +17,7 @@ from scipy import stats
 
 from animacy.analysis.bootstrap import resample_index
 from animacy.analysis.groups import apply_rule, is_control
-from animacy.analysis.mixed import MixedFit, fit_mixed
+from animacy.analysis.mixed import MixedFit, fit_by
 from animacy.errors import ConfigError
 
 
@@ -91,10 +91,9 @@ def fit_steering(
     if model.needs_recovery and "relative_recovery" not in means:
         means = with_relative_recovery(means)
     df, ref = steered_rows(means, reference_group)
-    fixed, variance, fits = [], [], {}
-    for d, part in df.groupby("derivation", sort=True):
-        fit = fit_mixed(part, model.formula(), backend, source=f"the steered rows of derivation {d}")
-        fits[d] = fit
+    fixed, variance = [], []
+    fits = fit_by(df, "derivation", model.formula(), backend, what="the steered rows")
+    for d, fit in fits.items():
         fixed.append(fit.fixed.assign(derivation=d, formula=fit.formula))
         variance.append(fit.variance.assign(derivation=d, backend=backend, formula=fit.formula))
     fixed_df = pd.concat(fixed, ignore_index=True)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from animacy.analysis.bootstrap import MIN_CLUSTERS, role_interval
 from animacy.analysis.groups import apply_rule
-from animacy.analysis.mixed import fit_mixed
+from animacy.analysis.mixed import fit_by
 from animacy.errors import ConfigError
 
 DEFAULT_FORMULA = "log_prob ~ magnitude * group + (1 | role)"
@@ -68,12 +68,10 @@ def word_guess_models(word_guess: pd.DataFrame, roles: pd.DataFrame, formula: st
     if formula is None:
         formula = DEFAULT_FORMULA + (" + (1 | prompt)" if "prompt" in rows and rows["prompt"].nunique() > 1 else "")
     out = []
-    for d, part in rows.groupby("derivation", sort=True):
-        try:
-            fit = fit_mixed(part, formula, backend, source=f"the word-guess rows of derivation {d}")
-        except ConfigError as exc:  # too few rows for this derivation: said, not fitted
+    for d, fit in fit_by(rows, "derivation", formula, backend, what="the word-guess rows", keep_errors=True).items():
+        if isinstance(fit, ConfigError):  # too few rows for this derivation: said, not fitted
             if skipped is not None:
-                skipped.append(f"word-guess model of {d}: {exc.message}")
+                skipped.append(f"word-guess model of {d}: {fit.message}")
             continue
         out.append(fit.fixed.assign(derivation=d, formula=fit.formula))
     if not out:

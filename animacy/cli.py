@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from animacy.analysis import BACKENDS
-from animacy.errors import ConfigError, DataError
+from animacy.errors import ConfigError, DataError, from_io_failure
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -77,9 +77,23 @@ def cmd_classify(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from animacy.analysis.render import render
+    from animacy.analysis.pipeline import AnalyzeOptions
+    from animacy.analysis.render import report
+    from animacy.sources import open_source
 
-    path = render(a.run, a.out, {"backend": a.backend, "n_boot": a.n_boot}, engine=a.engine)
+    if a.analysis:
+        if a.run:
+            raise ConfigError("report", "give either RUN or --analysis DIR, not both")
+        path = report(a.out, analysis=a.analysis, engine=a.engine)
+    elif not a.run:
+        raise ConfigError("report", "give a RUN folder (or flat table) to analyse, or --analysis DIR to render")
+    else:
+        with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
+            run = open_source(a.run, work)
+            options = AnalyzeOptions(backend=a.backend, n_boot=a.n_boot, allow_incomplete=a.allow_incomplete,
+                                     quiet=True)
+            path = report(a.out, run, options=options,
+                          source=str(Path(a.run).resolve()), engine=a.engine)
     print(f"report: {path}")
     return 0
 
@@ -91,7 +105,9 @@ def cmd_replicate(a: argparse.Namespace) -> int:
     seed = Path(a.data).resolve()
     if not (seed / "seed_study").is_dir():
         raise DataError(seed, "has no seed_study/ folder (the original study's files: ../shared/data)")
-    path = render(None, a.out, {"data": str(seed), "n_boot": a.n_boot}, engine=a.engine, source=REPLICATION_SOURCE)
+    out = Path(a.out)
+    path = render(out, {"data": str(seed), "tables": str(out.resolve() / "tables"), "n_boot": a.n_boot},
+                  engine=a.engine, source=REPLICATION_SOURCE)
     print(f"replication: {path}")
     return 0
 
@@ -101,7 +117,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     import time
 
     from animacy.analysis.classify import label_run
-    from animacy.analysis.render import render
+    from animacy.analysis.pipeline import AnalyzeOptions
+    from animacy.analysis.render import report
     from animacy.collect import cli as collect_cli
     from animacy.resources import DEMO_CONFIG
     from animacy.run import Run
@@ -110,7 +127,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     out = Path(a.out)
     run = collect_cli.run(str(DEMO_CONFIG), str(out / "run"), None, a.quiet)
     label_run(Run(run), "rules", quiet=a.quiet)
-    html = render(run, out / "report")
+    html = report(out / "report", Run(run), options=AnalyzeOptions(quiet=a.quiet), source=str(Path(run).resolve()))
     print(f"demo finished in {time.perf_counter() - t:.0f} s")
     print(f"report: {html}")
     return 0
@@ -140,16 +157,21 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 def cmd_analyze(a: argparse.Namespace) -> int:
     from animacy.analysis.pipeline import AnalyzeOptions, analyze
+    from animacy.run import describe_missing
     from animacy.sources import open_source
 
     out = Path(a.out)
     with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
         run = open_source(a.source, work, a.roles_csv, a.columns)
-        summary = analyze(run, out, AnalyzeOptions(
+        summary = analyze(run, out, source=str(Path(a.source).resolve()), options=AnalyzeOptions(
             first_n=a.first_n, backend=a.backend, reference_group=a.reference_group, task=a.task,
             random_slopes=not a.no_random_slopes, outcome=a.outcome, formula=a.formula, ratings=a.ratings,
             rating_models=() if a.rating_models == "all" else tuple(r for r in a.rating_models.split(",") if r),
-            n_boot=a.n_boot, seed=a.seed, umap=not a.no_umap, label_method=a.label_method, quiet=a.quiet))
+            n_boot=a.n_boot, seed=a.seed, umap=not a.no_umap, label_method=a.label_method,
+            allow_incomplete=a.allow_incomplete, quiet=a.quiet)).summary
+    if summary["missing_jobs"]:
+        print(f"animacy: analysed an INCOMPLETE run: {describe_missing(summary['missing_jobs'])} not done",
+              file=sys.stderr)
     for line in summary["skipped"]:
         print(f"animacy: skipped {line}", file=sys.stderr)
     print(f"analysis of {summary['n_responses']:,} responses written to {out}")
@@ -192,6 +214,9 @@ def cmd_labels(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
+    """Exit 0: valid and complete (or a table whose completeness is not recorded); 1: valid but
+    incomplete, naming the jobs; 2: invalid, naming file, column and row."""
+    from animacy.run import describe_missing
     from animacy.sources import open_source
     from animacy.support import support
 
@@ -200,10 +225,15 @@ def cmd_validate(a: argparse.Namespace) -> int:
         tables = [n for n in ("roles", "responses", "tokens", "activations", "vectors_index", "word_guess", "labels")
                   if run.has(n)]
         supported = support(run)
-    print(f"{a.source}: valid ({', '.join(tables)})")
+        missing = run.missing_jobs()
+    unrecorded = ("completeness not recorded (collected before runs recorded their jobs)"
+                  if run.manifest.get("kind") == "collected" else "written whole (not collected job by job)")
+    state = ("complete" if missing == [] else unrecorded if missing is None
+             else f"INCOMPLETE: {describe_missing(missing)} not done")
+    print(f"{a.source}: valid, {state} ({', '.join(tables)})")
     for name, why in supported.items():
         print(f"  {'yes' if why is None else 'no '}  {name}" + ("" if why is None else f": {why}"))
-    return 0
+    return 1 if missing else 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -272,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-umap", action="store_true", help="skip UMAP embeddings (PCA only)")
     s.add_argument("--label-method", default=None, help="which labels method to use (default: the most common)")
+    s.add_argument("--allow-incomplete", action="store_true",
+                   help="analyse a run whose collection did not finish (every output then says so)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_analyze)
 
@@ -280,12 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("report", help="render the write-up of a run as HTML (Quarto, or its own fallback)")
-    s.add_argument("run", help="run folder (or flat tokens CSV)")
-    s.add_argument("--out", required=True, help="output folder for report.html and the analysis tables")
+    s = sub.add_parser("report", help="analyse a run once and render the write-up as HTML (Quarto, or its own "
+                       "fallback); or render an existing analysis folder")
+    s.add_argument("run", nargs="?", help="run folder (or flat tokens table)")
+    s.add_argument("--analysis", default=None, help="render this analysis folder (from animacy analyze) as it is")
+    s.add_argument("--out", required=True, help="output folder for report.html and, from a run, its analysis "
+                   "in OUT/tables (refused if that holds another source's analysis)")
     s.add_argument("--engine", choices=["auto", "quarto", "nbclient"], default="auto")
     s.add_argument("--backend", choices=BACKENDS, default="python")
     s.add_argument("--n-boot", type=int, default=500)
+    s.add_argument("--allow-incomplete", action="store_true",
+                   help="report on a run whose collection did not finish (the report then says so at the top)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("replicate", help="re-analyse the original study's Qwen3-30B sweeps end to end (HTML)")
@@ -392,10 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError) as exc:
-        if args.debug:
+    except Exception as exc:
+        error = exc if isinstance(exc, DataError) else from_io_failure(exc)
+        if error is None or args.debug:
             raise
-        print(f"animacy: error: {exc}", file=sys.stderr)
+        print(f"animacy: error: {error}", file=sys.stderr)
         return 2
 
 

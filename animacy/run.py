@@ -27,9 +27,16 @@ from animacy.schema import TABLES
 from animacy.validate import Source, check_reference, quote, validate_source
 
 MANIFEST = "manifest.json"
+JOBS = "_jobs"  # the collector's done markers, one per job
 VECTORS_DIR = "vectors"
 VECTORS_FILE = "vectors.safetensors"
 REQUIRED_TABLES = ("roles", "responses")
+
+
+def describe_missing(missing: list[str], shown: int = 6) -> str:
+    """'3 of the planned jobs (score-0002, steer-0001, vectors)' style text."""
+    more = f", and {len(missing) - shown} more" if len(missing) > shown else ""
+    return f"{len(missing)} planned job{'s' if len(missing) != 1 else ''} ({', '.join(missing[:shown])}{more})"
 
 
 def connect(threads: int | None = None, memory_limit: str = "1GB", temp_dir: str | None = None):
@@ -70,9 +77,34 @@ class Run:
         if not p.exists():
             raise DataError(self.path, f"has no {MANIFEST}; is this a run folder?")
         try:
-            return json.loads(p.read_text())
+            manifest = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(p, f"is not valid JSON ({exc})") from exc
+        if not isinstance(manifest, dict):
+            raise DataError(p, f"holds a JSON {type(manifest).__name__}, not an object; a run's manifest is an "
+                            "object with its config, model and provenance")
+        return manifest
+
+    def missing_jobs(self) -> list[str] | None:
+        """The collection jobs the manifest planned that are not done ([] for a complete run), from the
+        manifest and the run's done markers; None where no plan is recorded (imported and simulated runs are
+        written whole)."""
+        jobs = self.manifest.get("jobs")
+        if not isinstance(jobs, dict) or not isinstance(jobs.get("planned"), list):
+            return None
+        markers = self.path / JOBS
+        done = set(jobs.get("done") or []) | ({p.stem for p in markers.glob("*.done")} if markers.is_dir() else set())
+        return [j for j in jobs["planned"] if j not in done]
+
+    def check_complete(self, allow_incomplete: bool = False) -> list[str]:
+        """Refuse a run whose collection did not finish, naming the missing jobs, unless `allow_incomplete`;
+        returns the missing jobs (what every output of an allowed incomplete run must say)."""
+        missing = self.missing_jobs() or []
+        if missing and not allow_incomplete:
+            raise DataError(self.path, f"is an incomplete run: {describe_missing(missing)} not done. Resume the "
+                            "collection (animacy collect run CONFIG --out RUN), or pass --allow-incomplete to "
+                            "analyse what is there", column="jobs")
+        return missing
 
     def files(self, name: str) -> list[Path]:
         single = table_path(self.path, name)
@@ -133,7 +165,14 @@ class Run:
         path = self.path / VECTORS_DIR / VECTORS_FILE
         if not path.exists():
             raise DataError(path, "is missing; the vectors index points into it")
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error type for every bad file
+            raise DataError(path, f"could not be read ({exc}); the file is damaged or truncated",
+                            hint="Restore it, or derive the vectors again (animacy collect run resumes).") from exc
+        bad = sorted(name for name, t in tensors.items() if not np.isfinite(t).all())
+        if bad:
+            raise DataError(path, f"tensor '{bad[0]}' holds a NaN or infinite value; derive the vectors again")
         missing = sorted(set(index["tensor"]) - set(tensors))
         if missing:
             raise DataError(path, f"lacks tensor '{missing[0]}' named in the vectors index", column="tensor")

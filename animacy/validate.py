@@ -108,7 +108,7 @@ def check_structure(table: Table, source: Source) -> list[str]:
         try:
             schema = pq.read_schema(path)
             pq.ParquetFile(path).metadata  # noqa: B018  (reads the footer: fails on a truncated file)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise DataError(
                 shown, f"is not a readable Parquet file ({exc}); it may be truncated by an interrupted copy",
                 hint="Re-copy or re-export it.",
@@ -137,6 +137,11 @@ def _value_rules(table: Table, present: Sequence[str]) -> list[tuple[str, str, s
             rules.append((c.name, f"{q} IS NULL", "is empty; this column may not have missing values"))
         if c.kind == "float":
             rules.append((c.name, f"{q} IS NOT NULL AND NOT isfinite({q})", "is NaN or infinite"))
+        if c.kind == "vector":
+            each = f"list_transform({q}, lambda x: x IS NULL OR NOT isfinite(x))"
+            rules.append((c.name, f"{q} IS NOT NULL AND list_bool_or({each})",
+                          "holds a missing, NaN or infinite value (the model's activations overflowed, or the file "
+                          "is damaged)"))
         if c.allowed:
             rules.append((
                 c.name, f"{q} IS NOT NULL AND {q} NOT IN {SQL_IN(c.allowed)}",
@@ -168,10 +173,33 @@ def check_values(con: duckdb.DuckDBPyConnection, table: Table, source: Source, p
     raise DataError(shown, message, column=column, row=row, value=value, line=source.line(row))
 
 
+_MAX_POSITIONS = 1 << 16  # widest position range the bitmap test takes (8 KB per group)
+
+
+def _positions_unique(con: duckdb.DuckDBPyConnection, table: Table, source: Source, key: list[str]) -> bool:
+    """True when no key repeats, decided exactly and fast for keys that end in an integer position
+    (tokens: a response's cell, then token_index): per cell, a bitmap of the positions seen has as many
+    bits set as the cell has rows. False when it cannot tell, or when some key repeats."""
+    last = table.key[-1]
+    if key[-1] != quote(last) or table.column(last).kind != "int" or len(key) < 2:
+        return False
+    lo, hi = con.execute(f"SELECT min({key[-1]}), max({key[-1]}) FROM {source.sql()}").fetchone()
+    if lo is None or hi - lo + 1 > _MAX_POSITIONS:
+        return False
+    bad = con.execute(
+        f"""SELECT count(*) FROM (SELECT count(*) AS n,
+                   bit_count(bitstring_agg(({key[-1]} - {int(lo)})::INTEGER, 0, {int(hi - lo)})) AS seen
+            FROM {source.sql()} GROUP BY {', '.join(key[:-1])}) WHERE n <> seen""").fetchone()[0]
+    return bad == 0
+
+
 def check_key(con: duckdb.DuckDBPyConnection, table: Table, source: Source, present: Sequence[str]) -> None:
-    """No two rows may share a key; report the first row that repeats an earlier one. The grouping
-    keeps only keys with counts (it spills to disk on big tables)."""
+    """No two rows may share a key; report the first row that repeats an earlier one. Keys ending in a
+    position are checked by bitmaps first (seconds on 90M rows); otherwise, or to find the repeated row,
+    the grouping keeps only keys with counts (it spills to disk on big tables)."""
     key = [quote(k) for k in table.key if k in present]
+    if _positions_unique(con, table, source, key):
+        return
     cols = ", ".join(key)
     same = " AND ".join(f"t.{k} IS NOT DISTINCT FROM d.{k}" for k in key)  # NULL keys match too
     hit = con.execute(
@@ -219,7 +247,26 @@ def validate_source(
 ) -> list[str]:
     """Structure, values and (optionally) key uniqueness of one table. Returns the present columns."""
     present = check_structure(table, source)
-    check_values(con, table, source, present)
-    if keys:
-        check_key(con, table, source, present)
+    try:
+        check_values(con, table, source, present)
+        if keys:
+            check_key(con, table, source, present)
+    except (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException):
+        raise  # a bug in a query, not in the data
+    except duckdb.Error as exc:
+        raise unreadable(source, exc) from exc
     return present
+
+
+def unreadable(source: Source, exc: Exception) -> DataError:
+    """The error for a table DuckDB could not read: each file is read in full to find the damaged one."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for f, shown in zip(source.files, source.display):
+        try:
+            pq.read_table(f)
+        except Exception as file_exc:  # any failure to decode names this file
+            first = str(file_exc).strip().splitlines()
+            return DataError(shown, f"could not be read: {first[0] if first else reason}",
+                             hint="The file is damaged; restore or regenerate it.")
+    return DataError(source.display[0], f"could not be read: {reason}",
+                     hint="A file of this table is damaged; restore or regenerate it.")

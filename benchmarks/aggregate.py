@@ -3,7 +3,7 @@
 Simulates a study (full size by default: 40 roles x 3 groups + 3 controls, 10 tasks, 5 replicates,
 300 tokens, 6 derivations x 8 magnitudes = 90,090,000 token rows), then computes the two reductions
 every analysis needs (per-response means of the first 50 tokens; per-role x position means) with the
-project's DuckDB path and with pandas loading the table whole. Each path runs in its own process so
+project's DuckDB path (one scan) and with pandas loading the table whole. Each path runs in its own process so
 that its peak memory (max RSS) is its own; both are timed in the same run, and their results compared.
 
     .venv/bin/python benchmarks/aggregate.py            # full size (about 0.5 GB of Parquet in /tmp)
@@ -26,12 +26,12 @@ SMALL = dict(roles=6, controls=2, tasks=4, replicates=3, tokens=100, magnitudes=
 
 
 def project(run: str, out: str) -> None:
-    from animacy.analysis.aggregate import position_means, response_means
-    from animacy.run import Run, connect
+    from animacy.analysis.aggregate import aggregates
+    from animacy.run import Run
 
-    r, con = Run(run), connect()
-    response_means(r, 50, con).to_parquet(f"{out}/project_means.parquet")
-    position_means(r, con=con).to_parquet(f"{out}/project_positions.parquet")
+    means, positions = aggregates(Run(run), 50)  # both reductions from one scan
+    means.to_parquet(f"{out}/project_means.parquet")
+    positions.to_parquet(f"{out}/project_positions.parquet")
 
 
 def baseline(run: str, out: str) -> None:
@@ -81,21 +81,13 @@ def _compare(out: Path) -> float:
     return float(np.max(np.abs(m["mean_log_prob"] - m["mean"])))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true")
-    p.add_argument("--run", help="reuse a simulated run folder (made if missing)")
-    p.add_argument("--child", nargs=3, metavar=("WHICH", "RUN", "OUT"), help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.child:
-        _child(*a.child)
-        return
-    size = SMALL if a.small else FULL
-    work = Path(tempfile.mkdtemp(prefix="animacy-bench-"))
-    run = Path(a.run) if a.run else work / "run"
+def simulated_run(given: str | None, small: bool, work: Path) -> Path:
+    """The run folder to benchmark: `given` if it holds a run, else simulated there (or in `work`)."""
+    run = Path(given) if given else work / "run"
     if not (run / "manifest.json").exists():
         from animacy.cli import main as cli
 
+        size = SMALL if small else FULL
         t = time.perf_counter()
         cli(["simulate", "--out", str(run), "--quiet", *[x for k, v in size.items() for x in (f"--{k}", str(v))]])
         print(f"simulated in {time.perf_counter() - t:.1f} s")
@@ -105,6 +97,20 @@ def main() -> None:
     n = SimConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in rows["config"].items()}).n_token_rows()
     disk = sum(f.stat().st_size for f in (run / "tokens").glob("*.parquet")) / 1e6
     print(f"token rows: {n:,}  tokens Parquet: {disk:.0f} MB")
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true")
+    p.add_argument("--run", help="reuse a simulated run folder (made if missing)")
+    p.add_argument("--child", nargs=3, metavar=("WHICH", "RUN", "OUT"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        _child(*a.child)
+        return
+    work = Path(tempfile.mkdtemp(prefix="animacy-bench-"))
+    run = simulated_run(a.run, a.small, work)
     proj = _measure("project", run, work)
     base = _measure("pandas", run, work)
     print(f"project (DuckDB, out of core): {proj.get('seconds', float('nan')):8.2f} s   "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,10 +34,9 @@ from animacy.errors import ConfigError
 from animacy.progress import progress
 from animacy.provenance import config_hash, provenance
 from animacy.roles import GroupRule, design_roles, read_norms
-from animacy.run import MANIFEST, Run, table_path
+from animacy.run import JOBS, MANIFEST, Run, table_path
 from animacy.schema import CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE, SCHEMA_VERSION, response_id
 
-JOBS = "_jobs"
 REDUCTIONS_WITH = ("mean_response", "mean_first_10", "role_word", "period", "last_token")
 REDUCTIONS_WITHOUT = ("mean_response", "mean_first_10", "last_token")
 
@@ -97,12 +95,10 @@ class Runner:
     """Runs (or resumes) one shard of a study into a run folder."""
 
     def __init__(self, cfg: StudyConfig, out: str | Path, shard: tuple[int, int] = (0, 1), quiet: bool = False,
-                 wait_timeout: float = 24 * 3600, poll: float = 5.0,
-                 after_job: Callable[[str], None] | None = None, allow_config_change: tuple[str, ...] = ()) -> None:
+                 wait_timeout: float = 24 * 3600, poll: float = 5.0, allow_config_change: tuple[str, ...] = ()) -> None:
         self.cfg, self.out, self.shard, self.quiet = cfg, Path(out), shard, quiet
         self.allow_config_change = tuple(allow_config_change)
         self.wait_timeout, self.poll = wait_timeout, poll
-        self.after_job = after_job
         self.roles = study_roles(cfg)
         self._lm: LoadedModel | None = None
         self._vllm: VLLMBackend | None = None
@@ -120,8 +116,6 @@ class Runner:
 
     def _mark(self, job: Job, info: dict) -> None:
         write_json({"job": job.id, **info}, self.out / JOBS / f"{job.id}.done")
-        if self.after_job:
-            self.after_job(job.id)
 
     def _part(self, table: str, job: Job, df: pd.DataFrame | pa.Table) -> None:
         write_parquet(df, self.out / table / f"part-{job.id}.parquet")
@@ -172,40 +166,49 @@ class Runner:
         write_json(old, path)
         return old
 
+    def jobs(self) -> list[Job]:
+        """Every job of the study (all shards), in the order they run: the plan the manifest records."""
+        n = len(self.roles)
+        jobs = [Job("gen", k) for k in range(n)] + [Job("score", k) for k in range(n)] + [Job("vectors", 0)]
+        if self.cfg.magnitudes or self.cfg.cap_taus:
+            jobs += [Job("steer", k) for k in self.steered_roles]
+        if self.cfg.word_guess_prompt:
+            jobs += [Job("wordguess", k) for k in self.steered_roles]
+        return jobs
+
     def run(self) -> Path:
         self.check_layers()
         self.check_resume()
         self.out.mkdir(parents=True, exist_ok=True)
         write_parquet(self.roles, table_path(self.out, "roles"))
         self._write_manifest()
-        n_roles = len(self.roles)
-        for stage, fn in (("gen", self.generate), ("score", self.score)):
-            for job in progress(self.mine([Job(stage, k) for k in range(n_roles)]), f"{stage} (roles)",
-                                quiet=self.quiet):
-                if not self.done(job):
-                    fn(job)
-        self._vectors_barrier()
-        for stage, fn, wanted in (("steer", self.steer, bool(self.cfg.magnitudes or self.cfg.cap_taus)),
-                                  ("wordguess", self.word_guess, bool(self.cfg.word_guess_prompt))):
-            if not wanted:
+        work = {"gen": self.generate, "score": self.score, "steer": self.steer, "wordguess": self.word_guess}
+        plan = self.jobs()
+        for stage in ("gen", "score", "vectors", "steer", "wordguess"):
+            if stage == "vectors":
+                self._vectors_barrier()
                 continue
-            for job in progress(self.mine([Job(stage, k) for k in self.steered_roles]), f"{stage} (roles)",
-                                quiet=self.quiet):
+            jobs = self.mine([j for j in plan if j.stage == stage])
+            for job in progress(jobs, f"{stage} (roles)", quiet=self.quiet) if jobs else []:
                 if not self.done(job):
-                    fn(job)
+                    work[stage](job)
         write_json({"shard": list(self.shard)}, self.out / JOBS / f"shard-{self.shard[0]}-of-{self.shard[1]}.done")
         self._write_manifest()
         return self.out
 
     def _write_manifest(self) -> None:
         """The manifest; a resumed run keeps the original's config, hash, model, generation and provenance
-        (and any recorded config changes), and updates only what the run adds: shards done, layer norms."""
+        (and any recorded config changes), and updates only what the run adds: jobs planned and done, shards
+        done, layer norms."""
         norms_path = self.out / JOBS / "layer_norms.json"
-        shards = sorted(p.stem for p in (self.out / JOBS).glob("shard-*.done")) if (self.out / JOBS).exists() else []
+        markers = sorted(p.stem for p in (self.out / JOBS).glob("*.done")) if (self.out / JOBS).exists() else []
+        shards = [m for m in markers if m.startswith("shard-")]
+        jobs = {"planned": [j.id for j in self.jobs()], "done": [m for m in markers if not m.startswith("shard-")]}
         existing = self.out / MANIFEST
         if existing.exists():
             old = json.loads(existing.read_text())
             old["shards_done"] = shards
+            old["jobs"] = jobs
             old["layer_norms"] = json.loads(norms_path.read_text()) if norms_path.exists() else old.get("layer_norms")
             write_json(old, existing)
             return
@@ -220,7 +223,7 @@ class Runner:
             "generation": {"generator": self.cfg.generator, "batch": self.cfg.generation_batch,
                            "sampling": asdict(self.sampling)},
             "layer_norms": json.loads(norms_path.read_text()) if norms_path.exists() else None,
-            "shards_done": shards, "provenance": provenance(),
+            "jobs": jobs, "shards_done": shards, "provenance": provenance(),
         }, self.out / MANIFEST)
 
     @property

@@ -111,7 +111,28 @@ PARQUET_CASES = {
         run / "responses.parquet", lambda t: _set(t, 4, "role", "ghost")),
         "responses.parquet", "role", 5, "does not have"),
     "missing manifest": (lambda run: (run / "manifest.json").unlink(), "run", None, None, "manifest.json"),
+    "manifest not an object": (lambda run: (run / "manifest.json").write_text("[1, 2]"), "manifest.json", None, None,
+                               "not an object"),
+    "NaN inside an activation vector": (lambda run: _rewrite_part(
+        run / "activations" / "part-00000.parquet", lambda t: t.assign(values=[
+            [float("nan") if (i == 4 and j == 7) else x for j, x in enumerate(v)] for i, v in enumerate(t["values"])])),
+        "part-00000.parquet", "values", 5, "NaN or infinite"),
 }
+
+
+def test_corrupt_bytes_in_the_middle_of_a_part_name_the_file(tmp_path, capsys):
+    """A compressed page that no longer decodes (not the footer, which is checked first)."""
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "example", run)
+    part = run / "tokens" / "part-score-0003.parquet"
+    data = bytearray(part.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0xFF
+    part.write_bytes(bytes(data))
+    assert main(["analyze", str(run), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "part-score-0003.parquet: could not be read" in err and "Traceback" not in err, err
+    assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.parametrize("case", sorted(PARQUET_CASES))

@@ -108,7 +108,7 @@ def test_a_small_study_end_to_end(full_run, tmp_path):
                  "--quiet"]) == 0
 
 
-def test_killed_run_resumes_to_identical_tables(config, full_run, tmp_path):
+def test_killed_run_resumes_to_identical_tables(config, full_run, tmp_path, capsys):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "animacy.cli", "collect", "run", str(config), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, env=environment_without_r(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -119,10 +119,27 @@ def test_killed_run_resumes_to_identical_tables(config, full_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "_jobs" / "shard-0-of-1.done").exists(), "the run was killed before it finished"
+    # the killed run knows it is incomplete: validate names the jobs, analyze refuses it unless allowed
+    missing = Run(out).missing_jobs()
+    assert missing and "vectors" in missing and "score-0001" not in missing
+    capsys.readouterr()
+    assert main(["validate", str(out)]) == 1
+    assert "INCOMPLETE" in capsys.readouterr().out
+    assert main(["analyze", str(out), "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "incomplete run" in err and missing[0] in err and not (tmp_path / "a").exists()
+    assert main(["analyze", str(out), "--out", str(tmp_path / "a"), "--allow-incomplete", "--no-umap",
+                 "--n-boot", "50", "--quiet"]) == 0
+    assert "INCOMPLETE" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert summary["complete"] is False and summary["missing_jobs"] == missing
     assert main(["collect", "run", str(config), "--out", str(out), "--quiet"]) == 0
     a, b = _tables(full_run), _tables(out)
     for name in TABLES:
         pd.testing.assert_frame_equal(a[name], b[name], check_exact=True, obj=name)
+    assert Run(out).missing_jobs() == [] and main(["validate", str(out)]) == 0
+    jobs = Run(out).manifest["jobs"]
+    assert sorted(jobs["done"]) == sorted(jobs["planned"]) and len(jobs["planned"]) == 4 * 2 + 1 + 2 * 2
 
 
 def test_two_shards_make_the_same_run(config, full_run, tmp_path):

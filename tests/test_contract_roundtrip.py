@@ -80,7 +80,7 @@ def test_export_then_import_gives_the_same_analysis(small_run, tmp_path):
     m = a.merge(b, on=key, suffixes=("_a", "_b"))
     assert len(m) == len(a) == len(b)
     np.testing.assert_allclose(m["mean_log_prob_a"], m["mean_log_prob_b"], rtol=1e-6)
-    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "b" / "analysis.json").read_text())
     assert summary["run_kind"] == "imported" and summary["provenance"]["packages"]
 
 

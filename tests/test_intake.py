@@ -144,7 +144,7 @@ def test_partial_studies_run_what_they_support_and_say_what_they_skipped(small_r
     run = _partial(small_run, tmp_path, **kwargs)
     out = tmp_path / "a"
     assert _analyze(run, out) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "analysis.json").read_text())
     assert any(reason in s for s in summary["skipped"]), summary["skipped"]
     assert (out / "response_means.parquet").exists()
 
@@ -182,9 +182,9 @@ def test_the_original_studys_sweeps_import_faithfully(qwen_run):
 
 def test_a_steering_only_study_is_analysed_with_the_studys_formula(qwen_run, tmp_path):
     out = tmp_path / "a"
-    summary = analyze(qwen_run, out, AnalyzeOptions(formula="log_prob ~ magnitude * group + (1 | role)", n_boot=100,
-                                                    umap=False, quiet=True))
-    assert any("gap curves" in s for s in summary["skipped"])
+    result = analyze(qwen_run, out, AnalyzeOptions(formula="log_prob ~ magnitude * group + (1 | role)", n_boot=100,
+                                                   umap=False, quiet=True))
+    assert any("gap curves" in s for s in result.skipped)
     sd = pd.read_csv(out / "slope_differences.csv")
     delta = sd[sd.method.str.startswith("delta")]
     assert len(delta) == 12 and delta["converged"].all()
@@ -265,8 +265,8 @@ def test_gemma_responses_import_and_labels_attach(tmp_path, capsys):
     assert main(["labels", "import", str(tmp_path / "bad.csv"), "--run", str(out), "--id-columns",
                  "role,task,sample_idx", "--columns", "denies_experience=deny"]) == 2
     assert "matches no response" in capsys.readouterr().err
-    summary = analyze(run, tmp_path / "a", AnalyzeOptions(n_boot=100, umap=False, quiet=True))
-    assert any("tokens" in s for s in summary["skipped"]) and "denial_rates_by_group.csv" in summary["tables"]
+    result = analyze(run, tmp_path / "a", AnalyzeOptions(n_boot=100, umap=False, quiet=True))
+    assert any("tokens" in s for s in result.skipped) and "denial_rates_by_group.csv" in result
 
 
 def test_responses_as_json_lines_import_like_the_csv(tmp_path):

@@ -139,12 +139,12 @@ def test_analyze_writes_every_table(small_run, tmp_path):
                 "rating_multilevel.csv", "denial_rates_by_role.csv", "denial_rates_by_group.csv",
                 "denial_models.csv", "pca_variance.csv", "embeddings.csv", "cosine_pairs.csv", "cosine_by_group.csv",
                 "assistant_axis_projection.csv", "direction_validation.csv", "denial_similarity.csv",
-                "word_guess.csv", "summary.json"}
+                "word_guess.csv", "analysis.json"}
     assert expected <= {p.name for p in out.iterdir()}
     sd = pd.read_csv(out / "slope_differences.csv")
     assert list(sd.columns) == ["derivation", "group", "reference_group", "pct_difference", "ci_low", "ci_high",
                                 "p_value", "method", "formula", "converged", "messages"]
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["tables"]) >= expected - {"summary.json"}
+    summary = json.loads((out / "analysis.json").read_text())
+    assert set(summary["tables"]) >= expected - {"analysis.json"}
     wg = pd.read_csv(out / "word_guess.csv")
     assert (wg.groupby("group")["mean_rise"].max() > 0).all()
