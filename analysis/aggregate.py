@@ -49,7 +49,7 @@ def aggregates(run: Run, first_n: int | None = 50, windows: tuple[int, ...] = ()
             SELECT {rid}, role, {keys}, {tix}, {per} AS per_response,
                    count(*) FILTER (WHERE {first}) AS n_tokens, avg(log_prob) FILTER (WHERE {first}) AS mean_log_prob,
                    count(*) AS n, avg(log_prob) AS mean_all{extra}
-            FROM t GROUP BY GROUPING SETS ({', '.join(sets)})"""
+            FROM t GROUP BY GROUPING SETS ({', '.join(sets)})""", run.params("tokens", "responses")
     ).df()
     roles = run.read("roles", ["role", "group"])
     resp = run.read("responses", ["response_id", "task_id", "replicate"])

@@ -115,7 +115,8 @@ def load_activations(run: Run, condition: str = "with_prompt") -> pd.DataFrame:
     df = con.execute(
         f"""SELECT a.response_id, a.layer, a.reduction, a."values", r.role, r.task_id, g."group", g.is_control
             FROM {run.relation_sql('activations')} a JOIN {run.relation_sql('responses')} r USING (response_id)
-            JOIN {run.relation_sql('roles')} g ON g.role = r.role WHERE a.condition = '{condition}'""").df()
+            JOIN {run.relation_sql('roles')} g ON g.role = r.role WHERE a.condition = $condition""",
+        run.params("activations", "responses", "roles") | {"condition": condition}).df()
     return df
 
 

@@ -197,16 +197,17 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
                         column=unused[0])
 
     rid = "response_id" if "response_id" in present else RESPONSE_ID_SQL
-    rel = f"(SELECT *, {rid} AS _rid FROM read_parquet('{flat}'))"
+    rel = f"(SELECT *, {rid} AS _rid FROM read_parquet($flat))"
+    params = {"flat": str(flat)}
     token_cols = ", ".join(f"{quote(c)}" for c in ("condition", "derivation", "magnitude", "layers", "token_index",
                                                      "token_id", "log_prob") if c in present)
-    _copy(con, f"SELECT _rid AS response_id, {token_cols} FROM {rel}", table_path(out, "tokens"))
+    _copy(con, f"SELECT _rid AS response_id, {token_cols} FROM {rel}", table_path(out, "tokens"), params)
     _copy(con, f"""SELECT _rid AS response_id, any_value(role) AS role, any_value(task_id) AS task_id,
                    any_value(replicate) AS replicate, NULL::BIGINT AS seed, NULL::VARCHAR AS text,
                    (max(token_index) + 1)::BIGINT AS n_tokens, NULL::VARCHAR AS finish_reason
-                   FROM {rel} GROUP BY _rid""", table_path(out, "responses"))
+                   FROM {rel} GROUP BY _rid""", table_path(out, "responses"), params)
     group = 'any_value("group")' if "group" in present else "NULL::VARCHAR"
-    roles = con.execute(f'SELECT role, {group} AS "group" FROM {rel} GROUP BY role ORDER BY role').df()
+    roles = con.execute(f'SELECT role, {group} AS "group" FROM {rel} GROUP BY role ORDER BY role', params).df()
     if ratings is not None:
         roles = _merge_ratings(roles, ratings, Path(roles_csv), groups_from_roles="group" not in present)
     if "is_control" not in roles:
@@ -225,8 +226,8 @@ def _check_one_group_per_role(con, src: Source, csv: str) -> None:
     hit = con.execute(
         f"""SELECT min(_ord) FROM {src.sql()} t JOIN (
               SELECT role FROM {src.sql()} GROUP BY role HAVING count(DISTINCT "group") > 1) USING (role)
-            WHERE t."group" <> (SELECT first("group" ORDER BY _ord) FROM {src.sql()} s WHERE s.role = t.role)"""
-    ).fetchone()[0]
+            WHERE t."group" <> (SELECT first("group" ORDER BY _ord) FROM {src.sql()} s WHERE s.role = t.role)""",
+        src.params).fetchone()[0]
     if hit is not None:
         _, row = src.locate(hit)
         raise DataError(csv, "this role appears with a second group; a role belongs to one group",
@@ -249,9 +250,9 @@ def _merge_ratings(roles: pd.DataFrame, ratings: pd.DataFrame, path: Path, group
     return roles.merge(ratings, on="role", how="left")
 
 
-def _copy(con, query: str, target: Path) -> None:
+def _copy(con, query: str, target: Path, params: dict) -> None:
     with atomic_path(target) as tmp:
-        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"COPY ({query}) TO $target (FORMAT parquet, COMPRESSION zstd)", params | {"target": str(tmp)})
 
 
 def export_flat_csv(run: Run, out: str | Path, roles_out: str | Path | None = None) -> tuple[Path, Path]:
@@ -273,7 +274,9 @@ def export_flat_csv(run: Run, out: str | Path, roles_out: str | Path | None = No
              f"JOIN {run.relation_sql('responses')} r USING (response_id) "
              f"JOIN {run.relation_sql('roles')} g ON g.role = r.role")
     with atomic_path(out) as tmp:
-        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT csv, HEADER true)")
+        con.execute(f"COPY ({query}) TO $target (FORMAT csv, HEADER true)",
+                    run.params("tokens", "responses", "roles") | {"target": str(tmp)})
     with atomic_path(roles_out) as tmp:
-        con.execute(f"COPY (SELECT * FROM {run.relation_sql('roles')} ORDER BY role) TO '{tmp}' (FORMAT csv, HEADER)")
+        con.execute(f"COPY (SELECT * FROM {run.relation_sql('roles')} ORDER BY role) TO $target (FORMAT csv, HEADER)",
+                    run.params("roles") | {"target": str(tmp)})
     return out, roles_out

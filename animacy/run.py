@@ -45,7 +45,7 @@ def connect(threads: int | None = None, memory_limit: str = "1GB", temp_dir: str
     con.execute(f"SET memory_limit='{memory_limit}'")
     with contextlib.suppress(duckdb.InvalidInputException):  # in Jupyter without ipywidgets DuckDB refuses
         con.execute("SET enable_progress_bar=false")
-    con.execute(f"SET temp_directory='{temp_dir or tempfile.gettempdir() + '/animacy-duckdb'}'")
+    con.execute("SET temp_directory = $dir", {"dir": temp_dir or tempfile.gettempdir() + "/animacy-duckdb"})
     con.execute("SET preserve_insertion_order=false")
     if threads:
         con.execute(f"SET threads={int(threads)}")
@@ -129,16 +129,21 @@ class Run:
 
     def read(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
         """Read a small table into pandas (never call this on `tokens`: use `relation`)."""
-        src = self.source(name)
         cols = "*" if columns is None else ", ".join(quote(c) for c in columns)
-        paths = ", ".join("'" + str(f) + "'" for f in src.files)
         with duckdb.connect() as con:
-            return con.execute(f"SELECT {cols} FROM read_parquet([{paths}], union_by_name=true)").df()
+            return con.execute(f"SELECT {cols} FROM {self.relation_sql(name)}", self.params(name)).df()
 
     def relation_sql(self, name: str) -> str:
-        """A DuckDB table expression over a table's parts (for out-of-core queries)."""
-        paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self.source(name).files)
-        return f"read_parquet([{paths}], union_by_name=true)"
+        """A DuckDB table expression over a table's parts (for out-of-core queries); the file list is a
+        query parameter: run the query with `params` of every table it names."""
+        return f"read_parquet(${self.source(name).param}, union_by_name=true)"
+
+    def params(self, *names: str) -> dict[str, list[str]]:
+        """The query parameters (file lists) of the tables `names`, for `con.execute(sql, params)`."""
+        out: dict[str, list[str]] = {}
+        for name in names:
+            out |= self.source(name).params
+        return out
 
     def validate(self, con: duckdb.DuckDBPyConnection | None = None, keys: bool = True) -> None:
         """Check every table present against the contract, then the references between them."""

@@ -13,7 +13,8 @@ def conditions(run: Run) -> set[str]:
     if not run.has("tokens"):
         return set()
     con = connect()
-    return {r[0] for r in con.execute(f"SELECT DISTINCT condition FROM {run.relation_sql('tokens')}").fetchall()}
+    rows = con.execute(f"SELECT DISTINCT condition FROM {run.relation_sql('tokens')}", run.params("tokens")).fetchall()
+    return {r[0] for r in rows}
 
 
 def support(run: Run, known_conditions: set[str] | None = None) -> dict[str, str | None]:

@@ -8,6 +8,7 @@ column and that row.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +46,21 @@ class Source:
             return None
         return csv_line(row, self.newlines)
 
+    @property
+    def param(self) -> str:
+        """The name of the query parameter that carries this table's file list (paths never enter SQL)."""
+        return "files_" + hashlib.sha1("\0".join(map(str, self.files)).encode()).hexdigest()[:12]
+
+    @property
+    def params(self) -> dict[str, list[str]]:
+        return {self.param: [str(f) for f in self.files]}
+
     def sql(self) -> str:
-        """A DuckDB table expression over the parts with an `_ord` column giving file order."""
-        paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self.files)
-        positions = f"list_position([{paths}], filename) - 1"
+        """A DuckDB table expression over the parts with an `_ord` column giving file order; run it with
+        `params` (or those of every source in the query)."""
         return (
-            f"(SELECT *, (({positions})::BIGINT << {_ROW_BITS}) + file_row_number AS _ord "
-            f"FROM read_parquet([{paths}], filename=true, file_row_number=true, union_by_name=true))"
+            f"(SELECT *, ((list_position(${self.param}, filename) - 1)::BIGINT << {_ROW_BITS}) + file_row_number "
+            f"AS _ord FROM read_parquet(${self.param}, filename=true, file_row_number=true, union_by_name=true))"
         )
 
     def locate(self, ord_: int) -> tuple[str, int]:
@@ -162,13 +171,13 @@ def check_values(con: duckdb.DuckDBPyConnection, table: Table, source: Source, p
     if not rules:
         return
     sel = ", ".join(f"min(CASE WHEN {bad} THEN _ord END)" for _, bad, _ in rules)
-    firsts = con.execute(f"SELECT {sel} FROM {source.sql()}").fetchone()
+    firsts = con.execute(f"SELECT {sel} FROM {source.sql()}", source.params).fetchone()
     hits = [(o, i) for i, o in enumerate(firsts) if o is not None]
     if not hits:
         return
     ord_, i = min(hits)
     column, _, message = rules[i]
-    value = con.execute(f"SELECT {quote(column)} FROM {source.sql()} WHERE _ord = {ord_}").fetchone()[0]
+    value = con.execute(f"SELECT {quote(column)} FROM {source.sql()} WHERE _ord = {ord_}", source.params).fetchone()[0]
     shown, row = source.locate(ord_)
     raise DataError(shown, message, column=column, row=row, value=value, line=source.line(row))
 
@@ -183,13 +192,13 @@ def _positions_unique(con: duckdb.DuckDBPyConnection, table: Table, source: Sour
     last = table.key[-1]
     if key[-1] != quote(last) or table.column(last).kind != "int" or len(key) < 2:
         return False
-    lo, hi = con.execute(f"SELECT min({key[-1]}), max({key[-1]}) FROM {source.sql()}").fetchone()
+    lo, hi = con.execute(f"SELECT min({key[-1]}), max({key[-1]}) FROM {source.sql()}", source.params).fetchone()
     if lo is None or hi - lo + 1 > _MAX_POSITIONS:
         return False
     bad = con.execute(
         f"""SELECT count(*) FROM (SELECT count(*) AS n,
                    bit_count(bitstring_agg(({key[-1]} - {int(lo)})::INTEGER, 0, {int(hi - lo)})) AS seen
-            FROM {source.sql()} GROUP BY {', '.join(key[:-1])}) WHERE n <> seen""").fetchone()[0]
+            FROM {source.sql()} GROUP BY {', '.join(key[:-1])}) WHERE n <> seen""", source.params).fetchone()[0]
     return bad == 0
 
 
@@ -208,7 +217,7 @@ def check_key(con: duckdb.DuckDBPyConnection, table: Table, source: Source, pres
             SELECT _ord FROM (
               SELECT t._ord, row_number() OVER (PARTITION BY {', '.join('t.' + k for k in key)} ORDER BY t._ord) AS k
               FROM t SEMI JOIN d ON {same})
-            WHERE k = 2 ORDER BY _ord LIMIT 1""").fetchone()
+            WHERE k = 2 ORDER BY _ord LIMIT 1""", source.params).fetchone()
     if hit is None:
         return
     ord_ = hit[0]
@@ -230,11 +239,11 @@ def check_reference(
     q, p = quote(column), quote(parent_col)
     hit = con.execute(
         f"SELECT min(t._ord) FROM {source.sql()} t ANTI JOIN "
-        f"(SELECT DISTINCT {p} AS k FROM {parent.sql()}) r ON t.{q} = r.k"
+        f"(SELECT DISTINCT {p} AS k FROM {parent.sql()}) r ON t.{q} = r.k", source.params | parent.params
     ).fetchone()[0]
     if hit is None:
         return
-    value = con.execute(f"SELECT {q} FROM {source.sql()} WHERE _ord = {hit}").fetchone()[0]
+    value = con.execute(f"SELECT {q} FROM {source.sql()} WHERE _ord = {hit}", source.params).fetchone()[0]
     shown, row = source.locate(hit)
     raise DataError(
         shown, f"refers to a {parent_col} that {parent.display[0]} does not have",

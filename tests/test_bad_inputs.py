@@ -162,3 +162,14 @@ def test_exit_status_and_debug_flag_in_a_real_process(small_run, tmp_path):
     debug = subprocess.run([*cmd, "--debug", "analyze", str(bad), "--out", str(tmp_path / "o")],
                            capture_output=True, text=True, env=environment_without_r())
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_paths_with_quotes_reach_duckdb_as_parameters(small_run, tmp_path):
+    """A path is never spliced into SQL: quotes, dollars and semicolons in folder names are just names."""
+    odd = tmp_path / "it's a $run; DROP"
+    shutil.copytree(small_run, odd)
+    out = tmp_path / "o'ut"
+    assert main(["analyze", str(odd), "--out", str(out), "--no-umap", "--n-boot", "20", "--quiet"]) == 0
+    assert main(["export", str(odd), "--csv", str(tmp_path / "fl'at.csv")]) == 0
+    assert main(["analyze", str(tmp_path / "fl'at.csv"), "--out", str(tmp_path / "b"), "--no-umap", "--n-boot", "20",
+                 "--quiet"]) == 0

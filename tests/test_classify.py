@@ -52,8 +52,9 @@ def test_rules_reach_f1_09_on_the_unseen_split_and_trained_model_cross_validates
     assert (rules["f1"] >= 0.9).all(), rules
     cv = result[result.method == "trained (cross-validated)"].set_index("label")
     assert (cv["f1"] > 0.8).all() and (cv["n"] == len(read_hand_labels())).all()
-    assert {"hand", "rules"} <= set(kappa.method_a) | set(kappa.method_b)
-    assert (kappa["kappa"].between(-1, 1)).all()
+    # F1 of 0.9 or more on both labels means near-perfect agreement with the hand labels beyond chance
+    pair = kappa[[{a, b} == {"hand", "rules"} for a, b in zip(kappa.method_a, kappa.method_b)]]
+    assert set(pair["label"]) == {"denies_experience", "claims_ai"} and (pair["kappa"] > 0.8).all(), pair
 
 
 def test_hand_labels_are_plenty_and_varied():

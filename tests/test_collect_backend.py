@@ -51,10 +51,16 @@ def test_generation_is_seeded_and_scored_as_the_exact_ids(smollm2, backend):
     a, b, c = (backend.generate(p.ids, 16, 0.9, seed=s) for s in (5, 5, 6))
     assert a.ids == b.ids and a.ids != c.ids
     assert a.finish_reason in ("stop", "length") and a.text
-    # decoding then re-tokenizing need not give the same ids: the runner scores the generated ids
-    ids = list(a.ids)
+    # decoding then re-tokenizing need not give the same ids, so the scorer takes ids: "hello" spelt one
+    # character per token decodes to a word that re-tokenizes differently, and is scored as spelt
+    tok = smollm2.tokenizer
+    ids = list(a.ids[:4]) + tok.convert_tokens_to_ids(list("hello"))
+    assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] != ids
     res = backend.score(p.ids, ids)
-    assert res.log_probs.shape == (1, len(ids))
+    with torch.inference_mode():
+        logits = smollm2.model(torch.tensor([p.ids + ids])).logits.float()
+    want = torch.log_softmax(logits, -1)[0, len(p.ids) - 1:-1].gather(1, torch.tensor(ids)[:, None])[:, 0]
+    torch.testing.assert_close(res.log_probs[0], want, rtol=0, atol=1e-4)
 
 
 def test_exactly_one_bos_and_the_folded_system_prompt(gemma_tokenizer):

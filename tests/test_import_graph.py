@@ -55,7 +55,8 @@ def test_analysis_import_graph_never_reaches_torch_or_collect():
                 bad.append(f"{mod} imports {imp}")
             stack.append(imp)
     assert not bad, bad
-    assert len(seen) > 10
+    # the walk followed the imports: it reached modules several steps from its roots
+    assert {"animacy.analysis.mixed_engine", "animacy.run", "animacy.schema", "animacy.validate"} <= seen
 
 
 def test_the_cli_imports_the_collector_only_inside_its_collect_commands():

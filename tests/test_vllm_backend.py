@@ -4,6 +4,7 @@ output parsing, prompt-logprob parsing, and the runner generating through it."""
 
 from __future__ import annotations
 
+import random
 import sys
 import types
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class FakeVLLM(types.ModuleType):
     def __init__(self) -> None:
         super().__init__("vllm")
         self.calls: list = []
+        self.returned: list = []
         self.init_kwargs: dict = {}
         fake = self
 
@@ -42,20 +44,23 @@ class FakeVLLM(types.ModuleType):
                 fake.init_kwargs = kw
 
             def generate(self, prompts, sampling_params, use_tqdm=True):
+                """Random outputs (seeded by the request's seed), recorded in `fake.returned` so that tests
+                compare the backend's parsing with what the engine answered."""
                 fake.calls.append((prompts, sampling_params))
                 outs = []
                 for p, sp in zip(prompts, sampling_params):
                     ids = p["prompt_token_ids"]
-                    n = min(sp.kw["max_tokens"], 3 + sp.kw["seed"] % 4)
-                    toks = [(sp.kw["seed"] + k) % 400 + 20 for k in range(n)]
+                    rng = random.Random(sp.kw["seed"])
+                    n = rng.randint(1, sp.kw["max_tokens"])
+                    toks = [rng.randrange(20, 400) for _ in range(n)]
                     done = "length" if n == sp.kw["max_tokens"] else "stop"
                     plp = None
-                    if sp.kw.get("prompt_logprobs") == 0:
-                        plp = [None] + [{t: Logprob(-0.01 * (i + 1)), t + 1: Logprob(-9.0)}
-                                        for i, t in enumerate(ids[1:])]
-                    outs.append(types.SimpleNamespace(
-                        outputs=[types.SimpleNamespace(token_ids=toks, text=f"text {toks[0]}", finish_reason=done)],
-                        prompt_logprobs=plp))
+                    if sp.kw.get("prompt_logprobs") == 0:  # the token's own logprob, and a decoy ranked first
+                        plp = [None] + [{t + 1: Logprob(-rng.random() / 10), t: Logprob(-1 - rng.random())}
+                                        for t in ids[1:]]
+                    out = types.SimpleNamespace(token_ids=toks, text=f"text {rng.random()}", finish_reason=done)
+                    outs.append(types.SimpleNamespace(outputs=[out], prompt_logprobs=plp))
+                fake.returned.extend(outs)
                 return outs
 
         self.SamplingParams, self.LLM = SamplingParams, LLM
@@ -77,15 +82,16 @@ def test_requests_carry_the_scorer_ids_a_seed_each_and_every_knob(fake_vllm):
     assert [p["prompt_token_ids"] for p in sent] == prompts
     assert [sp.kw["seed"] for sp in params] == [11, 12, 13]
     assert all(set(sp.kw) == KNOBS for sp in params) and params[0].kw["temperature"] == 0.7
-    assert [len(g.ids) for g in gens] == [min(5, 3 + s % 4) for s in (11, 12, 13)]
-    assert gens[0].finish_reason == "length" and gens[1].finish_reason == "stop"
-    assert gens[2].text == f"text {gens[2].ids[0]}"
+    for g, out in zip(gens, fake_vllm.returned):
+        engine = out.outputs[0]
+        assert (list(g.ids), g.text, g.finish_reason) == (list(engine.token_ids), engine.text, engine.finish_reason)
 
 
 def test_prompt_logprobs_pick_the_continuation_tokens(fake_vllm):
     be = VLLMBackend("/m")
     lp = be.prompt_logprobs([1, 2, 3], [4, 5])
-    assert lp.tolist() == pytest.approx([-0.03, -0.04])
+    answered = fake_vllm.returned[0].prompt_logprobs
+    assert lp.tolist() == [answered[3][4].logprob, answered[4][5].logprob]  # the continuation's, not the decoys'
     _, params = fake_vllm.calls[0]
     assert params[0].kw["prompt_logprobs"] == 0 and params[0].kw["max_tokens"] == 1
 
