@@ -3,10 +3,10 @@
 Two reductions feed every later statistic, and `aggregates` computes both in one scan of the table
 (DuckDB grouping sets):
 
-- `response_means`: per response x condition x derivation x magnitude x layers, the mean log-prob of
+- `response_means`: per response x condition x derivation x magnitude (or capping tau) x layers, the mean log-prob of
   the first N response tokens (the mixed models' outcome), and of any further windows asked for;
 - `position_means`: per role x condition x derivation x magnitude x layers x token position, the mean
-  log-prob (gap curves and relative recovery). Teacher forcing scores the same tokens in every
+  log-prob (gap curves and pooled recovery). Teacher forcing scores the same tokens in every
   condition, so differences of these means equal means of per-token differences without a join.
 """
 
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from animacy.run import Run, connect
 
-_CELL = ("condition", "derivation", "magnitude", "layers")
+_CELL = ("condition", "derivation", "magnitude", "tau", "layers")
 
 
 def _window(n: int | None) -> str:
@@ -34,7 +34,8 @@ def aggregates(run: Run, first_n: int | None = 50, windows: tuple[int, ...] = ()
     `mean_log_prob_<n>` for every extra window `n`; either table is empty when not asked for."""
     con = con or connect()
     names = set(pq.read_schema(run.files("tokens")[0]).names)
-    cell = [f"t.{c}" if c in names else f"NULL::VARCHAR AS {c}" for c in _CELL]
+    absent = {"tau": "NULL::DOUBLE"}  # optional cell columns, NULL where a table has none
+    cell = [f"t.{c}" if c in names else f"{absent.get(c, 'NULL::VARCHAR')} AS {c}" for c in _CELL]
     keys = ", ".join(_CELL)
     sets = ([f"(response_id, role, {keys})"] if means else []) + ([f"(role, {keys}, token_index)"] if positions
                                                                    else [])

@@ -1,5 +1,14 @@
-"""Curves over token position with role-clustered bootstrap bands: the with - without gap, and relative
-recovery (steered - without) / (with - without).
+"""Curves over token position with role-clustered bootstrap bands: the with - without gap, and pooled
+recovery mean(steered - without) / mean(with - without) over a group's roles.
+
+Two estimators of "relative recovery" exist in this toolkit, and they answer different questions:
+
+- `pooled_recovery` (here): a ratio of means, per group x derivation x magnitude (x position): how much of
+  the prompt's average effect steering recovers, for the group. Stable where single responses have
+  tiny gaps, and the figure the report draws.
+- `steering.with_response_recovery`: a ratio per response, (steered - without) / (with - without) of
+  that response, guarded where its own gap is small: an outcome a mixed model can take
+  (`--outcome response_recovery`). Its mean is not the pooled ratio.
 
 Both start from `aggregate.position_means` (role x condition cell x position) and its by-role gap
 table (`aggregate.gap_by_role`, computed once by the caller). Roles are the unit of resampling: each
@@ -45,11 +54,11 @@ def _recovery_parts(positions: pd.DataFrame, gap: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def relative_recovery(
+def pooled_recovery(
     positions: pd.DataFrame, gap: pd.DataFrame, first_n: int | None = None, guard: float = 0.05,
     n_boot: int = 1000, seed: int = 0,
 ) -> pd.DataFrame:
-    """Relative recovery by group x derivation x magnitude, per token position (first_n=None) or over
+    """Pooled recovery by group x derivation x magnitude, per token position (first_n=None) or over
     the first `first_n` tokens, as a ratio of role-averaged means: mean(steered - without) /
     mean(with - without). Where the average gap is below `guard` nats the ratio is undefined (NaN,
     flagged `guarded`), instead of exploding. Values above 1 are over-steering."""
@@ -74,7 +83,7 @@ def relative_recovery(
         lo, hi = percentiles(boot, 2.5), percentiles(boot, 97.5)
         out.append(pd.DataFrame({
             "group": g, "derivation": d, "magnitude": m, "token_index": positions_, "effect": num, "gap": den,
-            "relative_recovery": ratio, "ci_low": lo, "ci_high": hi, "guarded": np.abs(den) < guard,
+            "pooled_recovery": ratio, "ci_low": lo, "ci_high": hi, "guarded": np.abs(den) < guard,
             "n_roles": eff.shape[0]}))
     res = pd.concat(out, ignore_index=True)
     if first_n is not None:

@@ -49,12 +49,12 @@ def steering_effect(effect: pd.DataFrame, title: str) -> alt.Chart:
         title=title)
 
 
-def relative_recovery(rec: pd.DataFrame) -> alt.Chart:
+def pooled_recovery(rec: pd.DataFrame) -> alt.Chart:
     base = alt.Chart().encode(x=alt.X("magnitude:Q"), color=GROUP)
-    line = base.mark_line(point=True).encode(y=alt.Y("relative_recovery:Q", title="relative recovery"))
-    err = base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title="relative recovery"), y2="ci_high:Q")
+    line = base.mark_line(point=True).encode(y=alt.Y("pooled_recovery:Q", title="pooled recovery"))
+    err = base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title="pooled recovery"), y2="ci_high:Q")
     one = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(1.0))
-    return alt.layer(line, err, one, data=rec.dropna(subset=["relative_recovery"])).properties(
+    return alt.layer(line, err, one, data=rec.dropna(subset=["pooled_recovery"])).properties(
         width=180, height=140).facet(facet=alt.Facet("derivation:N", title=None), columns=3)
 
 

@@ -413,10 +413,11 @@ _OPTIMIZERS = {
 
 
 def _minimize(fun, x0: np.ndarray, lower: np.ndarray, both: bool = True):
-    """L-BFGS-B, polished by L-BFGS-B and Newton steps; where the result fails lme4's convergence checks,
-    Nelder-Mead from the same start too, and the best criterion wins (L-BFGS-B alone, without Newton
-    steps, where `both` is false: a first stage). Returns (x, criterion, optimizer, criteria tried,
-    central-difference derivatives at x: gradient, Hessian, on-bound mask; None without Newton steps)."""
+    """L-BFGS-B, polished by Newton steps; where the result fails lme4's convergence checks or leaves a
+    variance on its bound, Nelder-Mead from the same start too, and the best criterion wins (L-BFGS-B
+    alone, without Newton steps, where `both` is false: a first stage). Returns (x, criterion, optimizer,
+    criteria tried, central-difference derivatives at x: gradient, Hessian, on-bound mask; None without
+    Newton steps)."""
     tried: dict[str, float] = {}
     best = None
     for name in _OPTIMIZERS if both else ["L-BFGS-B"]:
@@ -426,8 +427,9 @@ def _minimize(fun, x0: np.ndarray, lower: np.ndarray, both: bool = True):
             x, f, derivs = _newton(fun, x, f, lower)
         if best is None or f < best[1]:
             best = (x, f, name, derivs)
-        if not both or not _checks(best[3]):
-            break
+        on_bound = np.isfinite(lower) & (best[0] <= lower + SINGULAR_TOL)
+        if not both or (not _checks(best[3]) and not on_bound.any()):
+            break  # a clean interior optimum; a boundary or a failed check gets the second optimizer too
     x, f, name, derivs = best
     return x, f, name, tried, derivs
 

@@ -12,7 +12,7 @@ import pandas as pd
 from animacy.analysis.aggregate import aggregates, gap_by_role
 from animacy.analysis.bootstrap import MIN_CLUSTERS
 from animacy.analysis.classify import evaluate
-from animacy.analysis.curves import gap_curve_bands, relative_recovery
+from animacy.analysis.curves import gap_curve_bands, pooled_recovery
 from animacy.analysis.denial import denial_models, example_responses, label_table, rates
 from animacy.analysis.geometry import (
     axis_projections,
@@ -48,7 +48,7 @@ class AnalyzeOptions:
     reference_group: str | None = None
     task: bool = False
     random_slopes: bool = True
-    outcome: str = "mean_log_prob"  # or relative_recovery
+    outcome: str = "mean_log_prob"  # or response_recovery
     formula: str | None = None  # the steering model in lme4 syntax; overrides task/random_slopes/outcome
     ratings: str = "center"  # or z
     rating_models: tuple[str, ...] = ("anim_mental", "anim_physical")  # one-step models; () for every rating
@@ -83,7 +83,7 @@ def analyze(run: Run, out: str | Path | None = None, options: AnalyzeOptions | N
     roles = run.read("roles")
     tables: dict[str, pd.DataFrame] = {"roles.csv": roles}
     gap = None
-    if supported["gap curves and relative recovery"] is None:
+    if supported["gap curves and recovery"] is None:
         gap = gap_by_role(positions)
         tables["gap_curve.csv"] = gap_curve_bands(gap, **boot)
     model = SteeringModel(outcome=options.outcome, task=options.task, random_slopes=options.random_slopes,
@@ -135,13 +135,13 @@ def steering_effect(means: pd.DataFrame, windows: tuple[int | None, ...]) -> pd.
 
 def _steering_tables(means, positions, gap, roles, model: SteeringModel, options: AnalyzeOptions, steering: dict,
                      skipped: list[str], units: str | None) -> dict[str, pd.DataFrame]:
-    """Mixed models, slopes, slope differences, relative recovery and rating models, each where the steered
+    """Mixed models, slopes, slope differences, pooled recovery and rating models, each where the steered
     rows support it."""
     tables: dict[str, pd.DataFrame] = {}
     boot = {"n_boot": options.n_boot, "seed": options.seed}
     if gap is not None:
-        tables["relative_recovery.csv"] = relative_recovery(positions, gap, None, **boot)
-        tables["relative_recovery_first_n.csv"] = relative_recovery(positions, gap, options.first_n, **boot)
+        tables["pooled_recovery.csv"] = pooled_recovery(positions, gap, None, **boot)
+        tables["pooled_recovery_first_n.csv"] = pooled_recovery(positions, gap, options.first_n, **boot)
     steered, ref = apply_rule(means[means["condition"] == "steered"], options.reference_group)
     n_roles = steered["role"].nunique()
     groups = list(steered["group"].cat.categories) if ref is not None else []

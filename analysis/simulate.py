@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from animacy.atomic import write_json, write_parquet
+from animacy.atomic import write_json
 from animacy.progress import progress
 from animacy.provenance import provenance
-from animacy.run import MANIFEST, VECTORS_DIR, VECTORS_FILE, Run, table_path
+from animacy.run import MANIFEST, VECTORS_DIR, VECTORS_FILE, Run
 from animacy.schema import CONTROL_GROUP, DERIVATIONS, REDUCTIONS, SCHEMA_VERSION, response_id
+from animacy.writers import write_table
 
 GROUPS = ("High Mental, High Physical", "Low Mental, High Physical", "Low Mental, Low Physical")
 _RATING_RANGES = {  # (anim_mental, anim_physical) ranges by group, on the norms' 100-700 scale
@@ -191,7 +192,7 @@ def simulate(out: str | Path, cfg: SimConfig | None = None, quiet: bool = False)
             "log_prob": pa.array((-np.abs(x)).astype(np.float32).ravel()),
         })
         assert table.num_rows == n
-        write_parquet(table, tok_dir / f"part-{i:05d}.parquet")
+        write_table(table, "tokens", out, part=f"part-{i:05d}")
 
         p_den = 1 / (1 + np.exp(-(np.log(cfg.denial_rate[g] / (1 - cfg.denial_rate[g])) + den_u[i])))
         denies = rng.random(R) < p_den
@@ -254,21 +255,20 @@ def _write_tables(out, roles, responses, labels, activations, wg_rows, vec_store
 
     from animacy.atomic import atomic_path
 
-    write_parquet(roles, table_path(out, "roles"))
-    write_parquet(pd.DataFrame(responses), table_path(out, "responses"))
-    write_parquet(pd.DataFrame(labels).astype({"score": "float64"}), table_path(out, "labels"))
-    write_parquet(pd.DataFrame(wg_rows).astype({"magnitude": "float64", "derivation": "object"}),
-                  table_path(out, "word_guess"))
+    write_table(roles, "roles", out)
+    write_table(pd.DataFrame(responses), "responses", out)
+    write_table(pd.DataFrame(labels).astype({"score": "float64"}), "labels", out)
+    write_table(pd.DataFrame(wg_rows).astype({"magnitude": "float64", "derivation": "object"}), "word_guess", out)
     act = pa.table({
         "response_id": [a[0] for a in activations], "condition": [a[1] for a in activations],
         "layer": pa.array([a[2] for a in activations], pa.int64()), "reduction": [a[3] for a in activations],
         "values": pa.array([a[4] for a in activations], pa.list_(pa.float32())),
     })
-    write_parquet(act, out / "activations" / "part-00000.parquet")
+    write_table(act, "activations", out, part="part-00000")
     (out / VECTORS_DIR).mkdir(exist_ok=True)
     with atomic_path(out / VECTORS_DIR / VECTORS_FILE) as tmp:
         save_file({k: np.stack(v).astype(np.float32) for k, v in vec_store.items()}, str(tmp))
-    write_parquet(pd.DataFrame(vec_index), table_path(out, "vectors_index"))
+    write_table(pd.DataFrame(vec_index), "vectors_index", out)
 
 
 def example_means(seed: int = 0) -> pd.DataFrame:

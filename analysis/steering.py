@@ -26,7 +26,7 @@ class SteeringModel:
     """Which model to fit: the user's own formula (lme4 syntax), or the default built from the switches.
 
     In a formula, `log_prob` (or `mean_log_prob`) is a response's mean log-prob over its first N tokens
-    while steered, `relative_recovery` its relative recovery, `task` (or `task_id`) its task.
+    while steered, `response_recovery` its own recovery ratio, `task` (or `task_id`) its task.
     """
 
     outcome: str = "mean_log_prob"
@@ -47,11 +47,12 @@ class SteeringModel:
 
     @property
     def needs_recovery(self) -> bool:
-        return "relative_recovery" in self.formula()
+        return "response_recovery" in self.formula()
 
 
-def with_relative_recovery(means: pd.DataFrame, guard: float = 0.05) -> pd.DataFrame:
-    """Steered rows with each response's relative recovery over the same tokens,
+def with_response_recovery(means: pd.DataFrame, guard: float = 0.05) -> pd.DataFrame:
+    """Steered rows with each response's own recovery ratio over the same tokens (the per-response
+    estimator; `curves.pooled_recovery` is the ratio of means),
     (steered - without) / (with - without); NaN where the response's with - without gap is below
     `guard` nats (the ratio would explode), so those rows drop out of a model of it."""
     un = means[means["condition"].isin(["with_prompt", "without_prompt"])].pivot_table(
@@ -60,7 +61,7 @@ def with_relative_recovery(means: pd.DataFrame, guard: float = 0.05) -> pd.DataF
     gap = st["with_prompt"] - st["without_prompt"]
     rr = (st["mean_log_prob"] - st["without_prompt"]) / gap
     return st.drop(columns=["with_prompt", "without_prompt"]).assign(
-        relative_recovery=rr.where(gap.abs() >= guard))
+        response_recovery=rr.where(gap.abs() >= guard))
 
 
 def steered_rows(means: pd.DataFrame, reference_group: str | None = None) -> tuple[pd.DataFrame, str]:
@@ -88,8 +89,8 @@ def fit_steering(
 ) -> SteeringFits:
     """Fit the model for every derivation (reference group and controls: the group rule)."""
     model = model or SteeringModel()
-    if model.needs_recovery and "relative_recovery" not in means:
-        means = with_relative_recovery(means)
+    if model.needs_recovery and "response_recovery" not in means:
+        means = with_response_recovery(means)
     df, ref = steered_rows(means, reference_group)
     fixed, variance = [], []
     fits = fit_by(df, "derivation", model.formula(), backend, what="the steered rows")

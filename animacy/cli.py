@@ -123,12 +123,21 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from animacy.resources import DEMO_CONFIG
     from animacy.run import Run
 
-    t = time.perf_counter()
-    out = Path(a.out)
+    t0 = t = time.perf_counter()
+    out, stages = Path(a.out), {}
+
+    def lap(name: str) -> None:
+        nonlocal t
+        stages[name], t = time.perf_counter() - t, time.perf_counter()
+
     run = collect_cli.run(str(DEMO_CONFIG), str(out / "run"), None, a.quiet)
+    lap("collect")
     label_run(Run(run), "rules", quiet=a.quiet)
+    lap("label")
     html = report(out / "report", Run(run), options=AnalyzeOptions(quiet=a.quiet), source=str(Path(run).resolve()))
-    print(f"demo finished in {time.perf_counter() - t:.0f} s")
+    lap("analyze + report")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s ("
+          + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ")")
     print(f"report: {html}")
     return 0
 
@@ -296,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference-group", default=None, help="default: the first group in sort order")
     s.add_argument("--task", action="store_true", help="add a crossed (1 | task_id) to the default model")
     s.add_argument("--no-random-slopes", action="store_true", help="(1 | role) instead of (magnitude | role)")
-    s.add_argument("--outcome", choices=["mean_log_prob", "relative_recovery"], default="mean_log_prob",
-                   help="the mixed models' outcome: mean log-prob of the first N tokens, or relative recovery")
+    s.add_argument("--outcome", choices=["mean_log_prob", "response_recovery"], default="mean_log_prob",
+                   help="the mixed models' outcome: mean log-prob of the first N tokens, or each response's own "
+                   "recovery ratio (steered - without) / (with - without)")
     s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (roles)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-umap", action="store_true", help="skip UMAP embeddings (PCA only)")

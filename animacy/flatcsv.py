@@ -199,8 +199,8 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
     rid = "response_id" if "response_id" in present else RESPONSE_ID_SQL
     rel = f"(SELECT *, {rid} AS _rid FROM read_parquet($flat))"
     params = {"flat": str(flat)}
-    token_cols = ", ".join(f"{quote(c)}" for c in ("condition", "derivation", "magnitude", "layers", "token_index",
-                                                     "token_id", "log_prob") if c in present)
+    token_cols = ", ".join(f"{quote(c)}" for c in ("condition", "derivation", "magnitude", "tau", "layers",
+                                                     "token_index", "token_id", "log_prob") if c in present)
     _copy(con, f"SELECT _rid AS response_id, {token_cols} FROM {rel}", table_path(out, "tokens"), params)
     _copy(con, f"""SELECT _rid AS response_id, any_value(role) AS role, any_value(task_id) AS task_id,
                    any_value(replicate) AS replicate, NULL::BIGINT AS seed, NULL::VARCHAR AS text,

@@ -30,7 +30,7 @@ LABELS = ("denies_experience", "claims_ai")
 CONTROL_GROUP = "Assistant"
 NO_PROMPT_ROLE = "(no system prompt)"  # the pass without a system prompt: a condition, kept as a control role
 NO_PROMPT_GROUP = "No prompt"
-SCHEMA_VERSION = 2  # raised whenever a table's columns or meaning change; recorded in every manifest
+SCHEMA_VERSION = 3  # raised whenever a table's columns or meaning change; recorded in every manifest
 
 
 def response_id(role: str, task_id: str, replicate: int) -> str:
@@ -152,13 +152,15 @@ TOKENS = Table(
         Column("response_id", "str"),
         Column("condition", "str", allowed=CONDITIONS),
         Column("derivation", "str", nullable=True, description="vector derivation; null unless steered/capped"),
-        Column("magnitude", "float", nullable=True, description="steering magnitude or capping tau"),
+        Column("magnitude", "float", nullable=True, description="steering magnitude; null unless steered"),
+        Column("tau", "float", required=False, nullable=True,
+               description="capping threshold τ on the axis, in the run's magnitude units; null unless capped"),
         Column("layers", "str", required=False, nullable=True, description="steered layers, e.g. '10,15'"),
         Column("token_index", "int", check="token_index >= 0", check_message="token_index must be >= 0"),
         Column("token_id", "int", required=False, nullable=True),
         _LOG_PROB,
     ),
-    key=("response_id", "condition", "derivation", "magnitude", "layers", "token_index"),
+    key=("response_id", "condition", "derivation", "magnitude", "tau", "layers", "token_index"),
     description="one row per response token and condition (per-token log-probs)",
     row_checks=(
         RowCheck(
@@ -168,8 +170,14 @@ TOKENS = Table(
         ),
         RowCheck(
             "magnitude",
-            f"condition NOT IN {_in(UNSTEERED)} AND (derivation IS NULL OR magnitude IS NULL)",
-            "steered and capped rows need both a derivation and a magnitude",
+            "condition = 'steered' AND (derivation IS NULL OR magnitude IS NULL)",
+            "steered rows need both a derivation and a magnitude",
+        ),
+        RowCheck(
+            "tau",
+            "(condition = 'capped') <> (tau IS NOT NULL) OR (condition = 'capped' AND "
+            "(derivation IS NULL OR magnitude IS NOT NULL))",
+            "capped rows need a derivation and a tau and no magnitude; other rows have no tau",
         ),
     ),
     big=True,
@@ -252,12 +260,12 @@ FLAT_TOKENS = Table(
         *(c for c in TOKENS.columns if c.name != "response_id"),
         Column("response_id", "str", required=False),
     ),
-    key=("role", "task_id", "replicate", "condition", "derivation", "magnitude", "layers", "token_index"),
+    key=("role", "task_id", "replicate", "condition", "derivation", "magnitude", "tau", "layers", "token_index"),
     description="flat per-token table: one row per response token and condition",
     row_checks=TOKENS.row_checks,
 )
 FLAT_COLUMN_ORDER = (
     "role", "group", "task_id", "replicate", "condition", "derivation", "magnitude",
-    "token_index", "log_prob", "response_id", "token_id", "layers",
+    "token_index", "log_prob", "response_id", "token_id", "layers", "tau",
 )
 SQL_IN = _in

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from animacy.run import Run, connect
 
-ANALYSES = ("gap curves and relative recovery", "steering models and slopes", "denial and AI-claim statistics",
+ANALYSES = ("gap curves and recovery", "steering models and slopes", "denial and AI-claim statistics",
             "vector geometry", "direction validation", "word guess")
 
 
@@ -24,7 +24,7 @@ def support(run: Run, known_conditions: set[str] | None = None) -> dict[str, str
     roles = run.read("roles")
     no_tokens = "the run has no tokens table (per-token log-probs)"
     return {
-        "gap curves and relative recovery": None if {"with_prompt", "without_prompt"} <= cond else (
+        "gap curves and recovery": None if {"with_prompt", "without_prompt"} <= cond else (
             no_tokens if not cond else "the tokens table has no with_prompt / without_prompt pair (teacher forcing "
             "with and without the role prompt)"),
         "steering models and slopes": None if "steered" in cond else (

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -55,17 +54,22 @@ class Intervention:
     layer_scale: dict[int, float] | None = None
 
 
-class Generator(Protocol):
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int,
-                 top_p: float = 1.0) -> Generation: ...
+@dataclass(frozen=True)
+class Sampling:
+    """Every sampling knob, explicit: what both generation backends take (`generate_many(prompts, seeds,
+    sampling)`) and what the manifest records."""
 
+    temperature: float
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    max_tokens: int = 64
 
-class Scorer(Protocol):
-    def score(self, prompt_ids: Sequence[int], continuation: Sequence[int],
-              intervention: Intervention | None = None, capture: Sequence[int] = ()) -> ScoreResult: ...
-
-    def score_batch(self, prompts: list[list[int]], continuations: list[list[int]],
-                    intervention: Intervention | None = None, capture: Sequence[int] = ()) -> ScoreResult: ...
+    def params(self, vllm, seed: int | None, **extra):
+        return vllm.SamplingParams(n=1, seed=seed, skip_special_tokens=True, **asdict(self), **extra)
 
 
 @dataclass
@@ -77,9 +81,10 @@ class ScoreResult:
 class TransformersBackend:
     """The transformers implementation (CPU or CUDA)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, generation_batch: int = 8) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.generation_batch = generation_batch
         self.layers = decoder_layers(model)
         cfg = model.config.get_text_config()
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
@@ -89,25 +94,27 @@ class TransformersBackend:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int,
                  top_p: float = 1.0) -> Generation:
-        """Sample one response; the same seed gives the same response."""
-        torch.manual_seed(seed)
-        ids = torch.tensor([list(prompt_ids)], device=self.device)
-        out = self.model.generate(
-            ids, attention_mask=torch.ones_like(ids), do_sample=temperature > 0, temperature=temperature or None,
-            top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, min_new_tokens=1,
-            pad_token_id=self.tokenizer.pad_token_id or next(iter(self.eos), 0),
-        )[0, ids.shape[1]:].tolist()
-        stop = next((k for k, t in enumerate(out) if t in self.eos), None)
-        gen = out[:stop] if stop is not None else out
-        return Generation(gen, self.tokenizer.decode(gen, skip_special_tokens=True),
-                          "stop" if stop is not None else "length")
+        """Sample one response; the same seed gives the same response (as in any batch)."""
+        sampling = Sampling(temperature, top_p, max_tokens=max_new_tokens)
+        return self.generate_many([list(prompt_ids)], [seed], sampling)[0]
+
+    def generate_many(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
+                      sampling: Sampling) -> list[Generation]:
+        """One response per (prompt ids, seed), sampled `generation_batch` at a time; results in order."""
+        unsupported = {k: v for k, v in asdict(sampling).items()
+                       if k not in ("temperature", "top_p", "max_tokens") and v != getattr(Sampling(0.0), k)}
+        if unsupported:
+            raise ValueError(f"transformers generation takes temperature, top_p and max_tokens, not {unsupported}")
+        k = max(1, self.generation_batch)
+        return [g for i in range(0, len(prompts), k) for g in self._generate_batch(
+            [list(p) for p in prompts[i:i + k]], list(seeds[i:i + k]), sampling.max_tokens, sampling.temperature,
+            sampling.top_p)]
 
     @torch.inference_mode()
-    def generate_many(self, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
-                      top_p: float = 1.0) -> list[Generation]:
+    def _generate_batch(self, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
+                        top_p: float = 1.0) -> list[Generation]:
         """Sample a batch of responses (left-padded, with a KV cache), each row from its own seeded
         generator, so a response depends on its seed, not on its batch's other rows (bar rare float
         near-ties between differently padded batches)."""

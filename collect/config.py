@@ -18,7 +18,7 @@ dtype = "float32"                  # bfloat16 on a GPU
 device = "cpu"                     # or "cuda"
 generator = "transformers"         # or "vllm" (GPU; scoring stays on transformers)
 max_batch_tokens = 4096            # scoring batches packed to this many (padded) tokens; raise on a GPU
-generation_batch = 1               # transformers generation: responses sampled together (1: one at a time)
+generation_batch = 8               # transformers generation: responses sampled together (a role's, in batches of 8)
 
 [roles]
 table = "data/roles_demo.csv"      # a roles CSV with ratings, or the norms workbook
@@ -204,7 +204,7 @@ def load_config(path: str | Path) -> StudyConfig:
         device=_get(mo, "device", str, p, "model", "cpu"),
         generator=_get(mo, "generator", str, p, "model", "transformers"),
         max_batch_tokens=_get(mo, "max_batch_tokens", int, p, "model", 4096),
-        generation_batch=_get(mo, "generation_batch", int, p, "model", 1),
+        generation_batch=_get(mo, "generation_batch", int, p, "model", 8),
         roles_table=_get(ro, "table", str, p, "roles", None),
         roles_list=_get(ro, "list", list, p, "roles", None),
         per_group=_get(ro, "per_group", int, p, "roles", None),

@@ -1,4 +1,4 @@
-"""Hooks on the residual stream, in one place: add (steer), cap, record — as context managers.
+"""Hooks on the residual stream, in one place: add (steer), cap, record, registered by one context manager.
 
 A hook acts on the output of decoder layers (the residual stream after the layer), found generically as
 `model.get_decoder().layers`; a layer's output may be a tensor or a tuple whose first item is the
@@ -124,11 +124,3 @@ def hooks(model: torch.nn.Module, per_layer: dict[int, list]) -> Iterator[None]:
                 handle = layers[idx].register_forward_hook(fn)
                 stack.callback(handle.remove)
         yield
-
-
-@contextmanager
-def record(model: torch.nn.Module, layers: list[int]) -> Iterator[dict[int, Record]]:
-    """`with record(model, [10, 15]) as rec:` then `rec[10].outputs` after the forward pass."""
-    recs = {i: Record() for i in layers}
-    with hooks(model, {i: [r] for i, r in recs.items()}):
-        yield recs

@@ -22,20 +22,21 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from animacy.atomic import write_json, write_parquet
+from animacy.atomic import write_json
 from animacy.collect import vectors as vec
-from animacy.collect.backend import Intervention, TransformersBackend, pack
+from animacy.collect.backend import Intervention, Sampling, TransformersBackend, pack
 from animacy.collect.config import StudyConfig
 from animacy.collect.hooks import decoder_layers
 from animacy.collect.model import LoadedModel, load_model
 from animacy.collect.prompts import Prompt, render_prompt, system_text
-from animacy.collect.vllm_backend import Sampling, VLLMBackend
+from animacy.collect.vllm_backend import VLLMBackend
 from animacy.errors import ConfigError
 from animacy.progress import progress
 from animacy.provenance import config_hash, provenance
 from animacy.roles import GroupRule, design_roles, read_norms
-from animacy.run import JOBS, MANIFEST, Run, table_path
+from animacy.run import JOBS, MANIFEST, Run
 from animacy.schema import CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE, SCHEMA_VERSION, response_id
+from animacy.writers import write_table
 
 REDUCTIONS_WITH = ("mean_response", "mean_first_10", "role_word", "period", "last_token")
 REDUCTIONS_WITHOUT = ("mean_response", "mean_first_10", "last_token")
@@ -108,7 +109,7 @@ class Runner:
     def lm(self) -> LoadedModel:
         if self._lm is None:
             self._lm = load_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype, self.cfg.device)
-            self.backend = TransformersBackend(self._lm.model, self._lm.tokenizer)
+            self.backend = TransformersBackend(self._lm.model, self._lm.tokenizer, self.cfg.generation_batch)
         return self._lm
 
     def done(self, job: Job) -> bool:
@@ -118,7 +119,7 @@ class Runner:
         write_json({"job": job.id, **info}, self.out / JOBS / f"{job.id}.done")
 
     def _part(self, table: str, job: Job, df: pd.DataFrame | pa.Table) -> None:
-        write_parquet(df, self.out / table / f"part-{job.id}.parquet")
+        write_table(df, table, self.out, part=f"part-{job.id}")
 
     def mine(self, jobs: list[Job]) -> list[Job]:
         i, n = self.shard
@@ -180,7 +181,7 @@ class Runner:
         self.check_layers()
         self.check_resume()
         self.out.mkdir(parents=True, exist_ok=True)
-        write_parquet(self.roles, table_path(self.out, "roles"))
+        write_table(self.roles, "roles", self.out)
         self._write_manifest()
         work = {"gen": self.generate, "score": self.score, "steer": self.steer, "wordguess": self.word_guess}
         plan = self.jobs()
@@ -230,17 +231,18 @@ class Runner:
     def sampling(self) -> Sampling:
         return Sampling(self.cfg.temperature, max_tokens=self.cfg.max_new_tokens)
 
+    @property
+    def generator(self) -> TransformersBackend | VLLMBackend:
+        """The generation backend: both take `generate_many(prompt ids, seeds, Sampling)`."""
+        if self.cfg.generator != "vllm":
+            self.lm  # noqa: B018 -- loads the model and its backend
+            return self.backend
+        if self._vllm is None:
+            self._vllm = VLLMBackend(self.lm.info["source"], self.cfg.dtype)
+        return self._vllm
+
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list:
-        """One response per (prompt, seed): with vLLM in one batch, else one at a time (per-response seeds)."""
-        if self.cfg.generator == "vllm":
-            if self._vllm is None:
-                self._vllm = VLLMBackend(self.lm.info["source"], self.cfg.dtype)
-            return self._vllm.generate_many(prompts, seeds, self.sampling)
-        s, k = self.sampling, self.cfg.generation_batch
-        if k > 1:
-            return [g for i in range(0, len(prompts), k) for g in self.backend.generate_many(
-                prompts[i:i + k], seeds[i:i + k], s.max_tokens, s.temperature, s.top_p)]
-        return [self.backend.generate(p, s.max_tokens, s.temperature, seed, s.top_p) for p, seed in zip(prompts, seeds)]
+        return self.generator.generate_many(prompts, seeds, self.sampling)
 
     def generate(self, job: Job) -> None:
         role = self.roles.iloc[job.index]["role"]
@@ -348,24 +350,22 @@ class Runner:
                 diffs[layer] = diffs.get(layer, 0) + sign * last.cpu().numpy()
         return diffs
 
-    def _steering_inputs(self) -> tuple[pd.DataFrame, dict, dict[int, float]]:
-        run = Run(self.out)
-        index, tensors = run.load_vectors()
+    def _steering_inputs(self) -> tuple[vec.RoleVectors, dict[int, float]]:
         norms = json.loads((self.out / JOBS / "layer_norms.json").read_text())
+        index, tensors = Run(self.out).load_vectors()
         scale = {layer: (norms[str(layer)] if self.cfg.units == "relative" else 1.0) for layer in self.cfg.steer_layers}
-        return index, tensors, scale
+        return vec.RoleVectors(index, tensors, norms), scale
 
     def steer(self, job: Job) -> None:
         """Teacher-force each response without the prompt while steering with each derivation at every
         magnitude (one batch row per derivation x magnitude), then while capping on the assistant axis."""
         role = self.roles.iloc[job.index]["role"]
-        index, tensors, scale = self._steering_inputs()
+        vectors, scale = self._steering_inputs()
         layers_str = ",".join(map(str, self.cfg.steer_layers))
         cells = [(d, m) for d in self.cfg.derivations for m in self.cfg.magnitudes]
-        per_layer = {layer: torch.tensor(np.stack([vec.lookup(index, tensors, role, d, layer) for d, _ in cells]))
+        per_layer = {layer: torch.tensor(np.stack([vectors.get(role, d, layer).values for d, _ in cells]))
                      for layer in self.cfg.steer_layers} if cells else {}
-        axis = {layer: torch.tensor(vec.lookup(index, tensors, "Assistant", vec.AXIS, layer))
-                for layer in self.cfg.steer_layers}
+        axis = {layer: torch.tensor(vectors.axis(layer).values) for layer in self.cfg.steer_layers}
         out = []
         for row in self._responses(role).itertuples():
             ids = list(row.token_ids)[: self.cfg.score_tokens or None]
@@ -380,7 +380,7 @@ class Runner:
             if self.cfg.cap_taus:
                 res = self.backend.score(prompt.ids, ids, Intervention(
                     "cap", axis, torch.tensor(self.cfg.cap_taus), self.cfg.position_mode, scale))
-                out += [_token_rows(row.response_id, "capped", vec.AXIS, tau, layers_str, ids, res.log_probs[k])
+                out += [_token_rows(row.response_id, "capped", vec.AXIS, None, layers_str, ids, res.log_probs[k], tau)
                         for k, tau in enumerate(self.cfg.cap_taus)]
         self._part("tokens", job, pa.concat_tables(out))
         self._mark(job, {"token_rows": sum(t.num_rows for t in out)})
@@ -388,14 +388,13 @@ class Runner:
     def word_guess(self, job: Job) -> None:
         """Log-prob of the role word as the answer to a prompt the vectors were not fitted on."""
         role = self.roles.iloc[job.index]["role"]
-        index, tensors, scale = self._steering_inputs()
+        vectors, scale = self._steering_inputs()
         prompt = render_prompt(self.lm.tokenizer, self.cfg.word_guess_prompt, None, None, self.cfg.no_prompt)
         target = self.lm.tokenizer(role, add_special_tokens=False)["input_ids"]
         rows = [{"role": role, "derivation": None, "magnitude": None, "target": role,
                  "log_prob": float(self.backend.score(prompt.ids, target).log_probs[0].sum())}]
         for d in self.cfg.derivations:
-            per_layer = {layer: torch.tensor(vec.lookup(index, tensors, role, d, layer))
-                         for layer in self.cfg.steer_layers}
+            per_layer = {layer: torch.tensor(vectors.get(role, d, layer).values) for layer in self.cfg.steer_layers}
             res = self.backend.score(prompt.ids, target, Intervention(
                 "add", per_layer, torch.tensor(self.cfg.magnitudes), self.cfg.position_mode, scale))
             rows += [{"role": role, "derivation": d, "magnitude": m, "target": role,
@@ -405,12 +404,13 @@ class Runner:
 
 
 def _token_rows(rid: str, condition: str, derivation: str | None, magnitude: float | None, layers: str | None,
-                token_ids, log_probs: torch.Tensor) -> pa.Table:
+                token_ids, log_probs: torch.Tensor, tau: float | None = None) -> pa.Table:
     n = len(token_ids)
     return pa.table({
         "response_id": pa.array([rid] * n, pa.string()), "condition": pa.array([condition] * n, pa.string()),
         "derivation": pa.array([derivation] * n, pa.string()),
-        "magnitude": pa.array([magnitude] * n, pa.float64()), "layers": pa.array([layers] * n, pa.string()),
+        "magnitude": pa.array([magnitude] * n, pa.float64()), "tau": pa.array([tau] * n, pa.float64()),
+        "layers": pa.array([layers] * n, pa.string()),
         "token_index": pa.array(np.arange(n), pa.int64()), "token_id": pa.array(np.asarray(token_ids), pa.int64()),
         "log_prob": pa.array(log_probs[:n].cpu().numpy().astype(np.float64)),
     })

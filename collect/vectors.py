@@ -15,15 +15,21 @@ assistant_axis (per layer) = m_controls(with, mean_response) - mean over roles o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from animacy.atomic import atomic_path, write_parquet
-from animacy.run import VECTORS_DIR, VECTORS_FILE, table_path
+from animacy.atomic import atomic_path
+from animacy.errors import ConfigError
+from animacy.run import VECTORS_DIR, VECTORS_FILE, Run
+from animacy.writers import write_table
 
 AXIS = "assistant_axis"
+AXIS_ROLE = "Assistant"  # the role name the axis is indexed under
 _SOURCES = {
     "role_minus_assistant_response": ("with_prompt", "mean_response", "controls"),
     "role_minus_assistant_first10": ("with_prompt", "mean_first_10", "controls"),
@@ -73,7 +79,7 @@ def derive(acts: pd.DataFrame, roles: list[str], controls: list[str], layers: li
         mean_roles = np.mean([m[(r, "with_prompt", layer, "mean_response")] for r in roles], axis=0)
         raw = ctrl - mean_roles
         tensors[f"{AXIS}/layer{layer}"] = (raw / np.linalg.norm(raw))[None].astype(np.float32)
-        index.append({"role": "Assistant", "derivation": AXIS, "layer": layer, "tensor": f"{AXIS}/layer{layer}",
+        index.append({"role": AXIS_ROLE, "derivation": AXIS, "layer": layer, "tensor": f"{AXIS}/layer{layer}",
                       "row": 0, "raw_norm": float(np.linalg.norm(raw))})
     return tensors, pd.DataFrame(index)
 
@@ -97,10 +103,72 @@ def save(run_dir: Path, tensors: dict[str, np.ndarray], index: pd.DataFrame) -> 
     (run_dir / VECTORS_DIR).mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / VECTORS_DIR / VECTORS_FILE) as tmp:
         save_file(tensors, str(tmp))
-    write_parquet(index, table_path(run_dir, "vectors_index"))
+    write_table(index, "vectors_index", run_dir)
 
 
-def lookup(index: pd.DataFrame, tensors: dict[str, np.ndarray], role: str, derivation: str, layer: int) -> np.ndarray:
-    """One unit vector from the index, e.g. for steering."""
-    r = index[(index.role == role) & (index.derivation == derivation) & (index.layer == layer)].iloc[0]
-    return tensors[r.tensor][int(r.row)]
+@dataclass(frozen=True)
+class RoleVector:
+    """One unit direction of a run at one layer: a role's vector of one derivation, the assistant axis, or
+    a trait. `layer_norm` is the layer's mean residual norm, the unit of `relative` magnitudes.
+
+        vectors = RoleVectors.load("runs/demo/run")
+        sock = vectors.get("sock", "role_minus_assistant_response", layer=15)
+        with sock.apply(model, magnitude=4.0):
+            out = model.generate(ids)        # every forward pass inside the block is steered
+    """
+
+    role: str
+    derivation: str
+    layer: int
+    values: np.ndarray  # [H], unit norm
+    raw_norm: float
+    layer_norm: float | None = None
+
+    @contextmanager
+    def apply(self, model, magnitude: float, units: str = "absolute", mode: str = "all",
+              prompt_len: int | None = None) -> Iterator[RoleVector]:
+        """Inside the block, add `magnitude` x this vector to the residual stream at its layer's output
+        (`units`: 'absolute', or 'relative' to `layer_norm`); `mode` and `prompt_len` choose the positions
+        as in `hooks`. The hook is removed on exit, also after an exception."""
+        import torch
+
+        from animacy.collect.hooks import Addition, hooks
+
+        if units not in ("absolute", "relative"):
+            raise ConfigError("units", f"'{units}' is not a unit of magnitude; choose absolute or relative")
+        if units == "relative" and self.layer_norm is None:
+            raise ConfigError("units", f"the run records no residual norm for layer {self.layer}, so a relative "
+                              "magnitude has no size")
+        scale = self.layer_norm if units == "relative" else 1.0
+        device = next(model.parameters()).device
+        vector = torch.as_tensor(self.values, device=device)
+        coeff = torch.tensor([float(magnitude) * scale], device=device)
+        with hooks(model, {self.layer: [Addition(vector, coeff, mode, prompt_len)]}):
+            yield self
+
+
+class RoleVectors:
+    """The vectors of a run folder, looked up by role, derivation and layer (read with numpy)."""
+
+    def __init__(self, index: pd.DataFrame, tensors: dict[str, np.ndarray], layer_norms: dict | None = None):
+        self.index, self.tensors = index, tensors
+        self.layer_norms = {int(k): float(v) for k, v in (layer_norms or {}).items()}
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RoleVectors:
+        run = Run(Path(run_dir))
+        index, tensors = run.load_vectors()
+        return cls(index, tensors, run.manifest.get("layer_norms"))
+
+    def get(self, role: str, derivation: str, layer: int) -> RoleVector:
+        hit = self.index[(self.index.role == role) & (self.index.derivation == derivation)
+                         & (self.index.layer == layer)]
+        if hit.empty:
+            raise ConfigError("vectors", f"the run has no {derivation} vector of '{role}' at layer {layer}")
+        r = hit.iloc[0]
+        return RoleVector(role, derivation, int(layer), self.tensors[r.tensor][int(r.row)], float(r.raw_norm),
+                          self.layer_norms.get(int(layer)))
+
+    def axis(self, layer: int) -> RoleVector:
+        """The assistant axis at `layer`."""
+        return self.get(AXIS_ROLE, AXIS, layer)

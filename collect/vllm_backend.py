@@ -13,29 +13,11 @@ off); its numbers are never mixed with transformers numbers inside one contrast.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from animacy.collect.backend import Generation
+from animacy.collect.backend import Generation, Sampling
 from animacy.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Every sampling knob, explicit."""
-
-    temperature: float
-    top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k cut
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    max_tokens: int = 64
-
-    def params(self, vllm, seed: int | None, **extra):
-        return vllm.SamplingParams(n=1, seed=seed, skip_special_tokens=True, **asdict(self), **extra)
 
 
 class VLLMBackend:

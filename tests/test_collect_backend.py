@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from animacy.collect.backend import Intervention, TransformersBackend
+from animacy.collect.backend import Intervention, Sampling, TransformersBackend
 from animacy.collect.prompts import render_prompt, system_text
 from animacy.errors import ConfigError
 from tests.collect_fixtures import torch
@@ -118,10 +118,11 @@ def test_batched_generation_is_seeded_per_response(smollm2, backend):
     tok = smollm2.tokenizer
     prompts = [render_prompt(tok, q, system_text("You are {article} {role}.", r), r).ids
                for q, r in [(USER, "sock"), ("Describe your day.", "lawyer"), ("Hi!", "oak")]]
-    greedy = backend.generate_many(prompts, [1, 2, 3], 12, 0.0)
+    greedy = backend.generate_many(prompts, [1, 2, 3], Sampling(0.0, max_tokens=12))
     assert [g.ids for g in greedy] == [backend.generate(p, 12, 0.0, 0).ids for p in prompts]
-    a = backend.generate_many(prompts, [1, 2, 3], 12, 0.8)
-    b = backend.generate_many(prompts[::-1], [3, 2, 1], 12, 0.8)[::-1]
+    a = backend.generate_many(prompts, [1, 2, 3], Sampling(0.8, max_tokens=12))
+    b = backend.generate_many(prompts[::-1], [3, 2, 1], Sampling(0.8, max_tokens=12))[::-1]
     assert [g.ids for g in a] == [g.ids for g in b], "a response depends on its seed, not its batch"
-    c = backend.generate_many(prompts, [4, 5, 6], 12, 0.8)
+    assert a[1].ids == backend.generate(prompts[1], 12, 0.8, 2).ids, "nor on whether it has a batch at all"
+    c = backend.generate_many(prompts, [4, 5, 6], Sampling(0.8, max_tokens=12))
     assert [g.ids for g in a] != [g.ids for g in c]

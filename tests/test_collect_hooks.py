@@ -136,3 +136,27 @@ def test_a_sweep_with_shared_prefix_layers_equals_the_full_batch(model):
         batch = be.score_batch([prompt], [cont], iv).log_probs
         torch.testing.assert_close(sweep, batch, rtol=1e-4, atol=1e-4)
     assert len(decoder_layers(model)) == model.config.get_text_config().num_hidden_layers
+
+
+def test_a_role_vector_steers_inside_its_block_only(smollm2):
+    """`with vec.apply(model, magnitude=m)`: the residual at the vector's layer moves by exactly m x the
+    vector (x the layer norm in relative units); outside the block the model is untouched."""
+    import numpy as np
+
+    from animacy.collect.vectors import RoleVector
+
+    model = smollm2.model
+    ids = _ids(model)
+    raw = _vector(model).numpy()
+    vec = RoleVector("sock", "role_minus_assistant_response", 3, raw / np.linalg.norm(raw), 1.0, layer_norm=2.5)
+    base_rec, steered_rec = Record(), Record()
+    base = _logits(model, ids, {3: [base_rec]})
+    with vec.apply(model, magnitude=4.0, units="relative"):
+        steered = _logits(model, ids, {3: [steered_rec]})
+    after = _logits(model, ids)
+    moved = steered_rec.outputs[0] - base_rec.outputs[0]
+    want = torch.as_tensor(4.0 * 2.5 * vec.values, dtype=moved.dtype).expand_as(moved)
+    torch.testing.assert_close(moved, want, rtol=0, atol=1e-4)
+    assert not torch.allclose(steered, base) and torch.equal(after, base)
+    with vec.apply(model, magnitude=0.0):
+        assert torch.equal(_logits(model, ids), base)

@@ -48,7 +48,7 @@ cap_taus = [0.05]
 prompt = "Which word describes you? One word."
 """
 TABLES = {"responses": ["response_id"],
-          "tokens": ["response_id", "condition", "derivation", "magnitude", "token_index"],
+          "tokens": ["response_id", "condition", "derivation", "magnitude", "tau", "token_index"],
           "activations": ["response_id", "condition", "layer", "reduction"],
           "word_guess": ["role", "derivation", "magnitude"],
           "vectors_index": ["role", "derivation", "layer"]}
@@ -95,6 +95,9 @@ def test_a_small_study_end_to_end(full_run, tmp_path):
     lengths = resp.set_index("response_id")["n_tokens"]
     assert (n.groupby(level=0).min() == lengths.reindex(n.index.get_level_values(0).unique())).all()
     assert set(tokens["condition"]) == {"with_prompt", "without_prompt", "steered", "capped"}
+    capped = tokens[tokens.condition == "capped"]
+    assert (capped["tau"] == 0.05).all() and capped["magnitude"].isna().all() and tokens.loc[
+        tokens.condition != "capped", "tau"].isna().all(), "τ has its own column"
     # magnitude 0 reproduces the unsteered without-prompt scores
     st0 = tokens[(tokens.condition == "steered") & (tokens.magnitude == 0)]
     wo = tokens[tokens.condition == "without_prompt"]

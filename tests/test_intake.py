@@ -127,7 +127,7 @@ def _partial(small_run, tmp_path, keep_conditions=None, drop_tables=(), roles_fi
 
 
 PARTIAL = {
-    "steering only": ({"keep_conditions": ["steered"]}, "gap curves and relative recovery"),
+    "steering only": ({"keep_conditions": ["steered"]}, "gap curves and recovery"),
     "no with/without pass": ({"keep_conditions": ["steered", "without_prompt"]}, "with_prompt / without_prompt"),
     "no labels": ({"drop_tables": ["labels"]}, "no labels table"),
     "no vectors": ({"drop_tables": ["vectors"]}, "no vectors"),

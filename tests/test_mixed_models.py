@@ -77,20 +77,20 @@ def test_reference_group_changes_the_terms(sim_means):
     assert f"magnitude:group[T.{GROUPS[2]}]" not in set(fixed["term"])
 
 
-def test_relative_recovery_outcome(sim_means):
+def test_response_recovery_outcome(sim_means):
     """Per response, (steered - without) / (with - without) over the same tokens; its slope in the
     model is the steering slope divided by the prompt's gap, and guarded responses drop out."""
-    from animacy.analysis.steering import with_relative_recovery
+    from animacy.analysis.steering import with_response_recovery
 
     means, _ = sim_means
-    rr = with_relative_recovery(means)
+    rr = with_response_recovery(means)
     row = rr.iloc[5]
     resp = means[means.response_id == row.response_id].set_index("condition")["mean_log_prob"]
     want = (row.mean_log_prob - resp["without_prompt"]) / (resp["with_prompt"] - resp["without_prompt"])
-    assert row.relative_recovery == pytest.approx(want)
-    assert (rr.loc[rr.magnitude == 0, "relative_recovery"].abs() < 0.2).all()
-    guarded = with_relative_recovery(means, guard=1e9)
-    assert guarded["relative_recovery"].isna().all()
-    fit = fit_steering(means, SteeringModel(outcome="relative_recovery", random_slopes=False))
+    assert row.response_recovery == pytest.approx(want)
+    assert (rr.loc[rr.magnitude == 0, "response_recovery"].abs() < 0.2).all()
+    guarded = with_response_recovery(means, guard=1e9)
+    assert guarded["response_recovery"].isna().all()
+    fit = fit_steering(means, SteeringModel(outcome="response_recovery", random_slopes=False))
     slope = fit.fixed.set_index(["derivation", "term"]).loc[("role_minus_assistant_response", "magnitude"), "estimate"]
     assert slope > 0

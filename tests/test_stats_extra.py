@@ -130,7 +130,7 @@ def test_wilson_interval_and_power_smoke():
 def test_analyze_writes_every_table(small_run, tmp_path):
     out = tmp_path / "a"
     assert main(["analyze", str(small_run), "--out", str(out), "--no-umap", "--n-boot", "200", "--quiet"]) == 0
-    expected = {"gap_curve.csv", "relative_recovery.csv", "relative_recovery_first_n.csv", "mixed_fixed.csv",
+    expected = {"gap_curve.csv", "pooled_recovery.csv", "pooled_recovery_first_n.csv", "mixed_fixed.csv",
                 "mixed_variance.csv", "role_slopes.csv", "slope_differences.csv", "rating_regressions.csv",
                 "rating_multilevel.csv", "denial_rates_by_role.csv", "denial_rates_by_group.csv",
                 "denial_models.csv", "pca_variance.csv", "embeddings.csv", "cosine_pairs.csv", "cosine_by_group.csv",

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from animacy.collect.vllm_backend import Sampling, VLLMBackend
+from animacy.collect.backend import Sampling
+from animacy.collect.vllm_backend import VLLMBackend
 from tests.collect_fixtures import torch  # noqa: F401  (skips without torch)
 
 KNOBS = {"n", "seed", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
