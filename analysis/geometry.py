@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from animacy.run import Run, connect
+from animacy.schema import AXIS
 
-AXIS = "assistant_axis"
 NOT_ROLES = (AXIS, "trait")  # index rows that are not one vector per role
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from animacy.atomic import write_json
 from animacy.errors import ConfigError
 from animacy.labels import label_value
 from animacy.progress import progress
+from animacy.resources import cache_root
 
 RUBRIC_VERSION = "1"
 RUBRIC = """You label one chatbot response that was written while playing a role.
@@ -53,8 +53,7 @@ class Judge:
     base_url: str
     model: str
     api_key: str | None = None
-    cache_dir: Path = field(default_factory=lambda: Path(os.environ.get(
-        "ANIMACY_CACHE", Path.home() / ".cache" / "animacy")) / "judge")
+    cache_dir: Path = field(default_factory=lambda: cache_root() / "judge")
     retries: int = 4
     timeout: float = 60.0
     backoff: float = 1.0

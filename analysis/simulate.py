@@ -27,8 +27,9 @@ import pyarrow as pa
 from animacy.atomic import write_json
 from animacy.progress import progress
 from animacy.provenance import provenance
+from animacy.roles import article
 from animacy.run import MANIFEST, VECTORS_DIR, VECTORS_FILE, Run
-from animacy.schema import CONTROL_GROUP, DERIVATIONS, REDUCTIONS, SCHEMA_VERSION, response_id
+from animacy.schema import AXIS, CONTROL_GROUP, DERIVATIONS, REDUCTIONS, SCHEMA_VERSION, response_id
 from animacy.writers import write_table
 
 GROUPS = ("High Mental, High Physical", "Low Mental, High Physical", "Low Mental, Low Physical")
@@ -197,13 +198,12 @@ def simulate(out: str | Path, cfg: SimConfig | None = None, quiet: bool = False)
         p_den = 1 / (1 + np.exp(-(np.log(cfg.denial_rate[g] / (1 - cfg.denial_rate[g])) + den_u[i])))
         denies = rng.random(R) < p_den
         claims = rng.random(R) < cfg.claims_ai_rate[g]
-        article = "an" if role.role[0] in "aeiou" else "a"
         for r in range(R):
             kind = "ai" if claims[r] else "deny" if denies[r] else "char"
             responses.append({
                 "response_id": rids[r], "role": role.role, "task_id": f"t{task[r]:02d}", "replicate": int(rep[r]),
                 "seed": int(cfg.seed * 1_000_003 + i * 10_007 + r),
-                "text": _TEXTS[kind].format(a=article, role=role.role),
+                "text": _TEXTS[kind].format(a=article(role.role), role=role.role),
                 "n_tokens": cfg.tokens, "finish_reason": "length"})
             labels += [
                 {"response_id": rids[r], "classifier": "denies_experience", "method": "simulated",
@@ -235,9 +235,9 @@ def simulate(out: str | Path, cfg: SimConfig | None = None, quiet: bool = False)
                                 "log_prob": -abs(wg_base - 0.5 * cfg.slope(g, d) * m + rng.normal(0, 0.1))})
 
     for li, layer in enumerate(cfg.layers):
-        key = f"assistant_axis/layer{layer}"
+        key = f"{AXIS}/layer{layer}"
         vec_store[key] = [assistant_dir[li]]
-        vec_index.append({"role": CONTROL_GROUP, "derivation": "assistant_axis", "layer": layer, "tensor": key,
+        vec_index.append({"role": CONTROL_GROUP, "derivation": AXIS, "layer": layer, "tensor": key,
                           "row": 0, "raw_norm": 1.0})
     _write_tables(out, roles, responses, labels, activations, wg_rows, vec_store, vec_index)
     truth = cfg.truth() | {"folded_share": folded / max(cfg.n_token_rows(), 1)}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -16,3 +17,9 @@ DEMO_CONFIG = resource("animacy.data", "demo.toml")
 HAND_LABELS = resource("animacy.data", "labels/hand_labels.csv")
 REPORT_SOURCE = resource("animacy.report", "report.qmd")
 REPLICATION_SOURCE = resource("animacy.report", "replication.qmd")
+
+
+def cache_root() -> Path:
+    """Where the toolkit caches what it makes (de-quantized models, judge answers): $ANIMACY_CACHE, else
+    ~/.cache/animacy."""
+    return Path(os.environ.get("ANIMACY_CACHE", Path.home() / ".cache" / "animacy"))

@@ -16,6 +16,11 @@ import pandas as pd
 from animacy.errors import DataError
 from animacy.schema import CONTROL_GROUP
 
+
+def article(role: str) -> str:
+    """'a' or 'an' before a role name, as the system prompt and the simulated texts write it."""
+    return "an" if role[:1].lower() in "aeiou" else "a"
+
 # VanArsdall & Blunt (2022) workbook, sheet "Words"
 _WORKBOOK_NAMES = {
     "Word": "role", "Category": "category", "Living": "living", "Thought": "thought", "Repro": "repro",

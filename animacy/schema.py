@@ -28,6 +28,7 @@ REDUCTIONS = ("mean_response", "mean_first_10", "role_word", "period", "last_tok
 FINISH_REASONS = ("stop", "length", "unknown")
 LABELS = ("denies_experience", "claims_ai")
 CONTROL_GROUP = "Assistant"
+AXIS = "assistant_axis"  # the derivation name of the assistant axis; indexed under the role CONTROL_GROUP
 NO_PROMPT_ROLE = "(no system prompt)"  # the pass without a system prompt: a condition, kept as a control role
 NO_PROMPT_GROUP = "No prompt"
 SCHEMA_VERSION = 3  # raised whenever a table's columns or meaning change; recorded in every manifest
@@ -84,7 +85,6 @@ class Table:
     key: tuple[str, ...]
     description: str
     row_checks: tuple[RowCheck, ...] = ()
-    big: bool = False  # partitioned into parts and aggregated out of core
     references: dict[str, str] = field(default_factory=dict)  # column -> "table.column"
 
     @property
@@ -180,7 +180,6 @@ TOKENS = Table(
             "capped rows need a derivation and a tau and no magnitude; other rows have no tau",
         ),
     ),
-    big=True,
     references={"response_id": "responses.response_id"},
 )
 
@@ -195,7 +194,6 @@ ACTIVATIONS = Table(
     ),
     key=("response_id", "condition", "layer", "reduction"),
     description="reduced residual activations, one row per response x condition x layer x reduction",
-    big=True,
     references={"response_id": "responses.response_id"},
 )
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from animacy.run import Run, connect
 
-ANALYSES = ("gap curves and recovery", "steering models and slopes", "denial and AI-claim statistics",
-            "vector geometry", "direction validation", "word guess")
-
 
 def conditions(run: Run) -> set[str]:
     if not run.has("tokens"):

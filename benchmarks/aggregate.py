@@ -100,17 +100,26 @@ def simulated_run(given: str | None, small: bool, work: Path) -> Path:
     return run
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def start(doc: str, child, child_args: tuple[str, ...]) -> tuple[Path, Path] | None:
+    """The options every table benchmark takes (--small, --run). In a measured child process, run
+    `child(*args)` and return None; else return (a scratch folder, the run folder to measure)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true")
     p.add_argument("--run", help="reuse a simulated run folder (made if missing)")
-    p.add_argument("--child", nargs=3, metavar=("WHICH", "RUN", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=len(child_args), metavar=child_args, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        _child(*a.child)
-        return
+        child(*a.child)
+        return None
     work = Path(tempfile.mkdtemp(prefix="animacy-bench-"))
-    run = simulated_run(a.run, a.small, work)
+    return work, simulated_run(a.run, a.small, work)
+
+
+def main() -> None:
+    started = start(__doc__, _child, ("WHICH", "RUN", "OUT"))
+    if started is None:
+        return
+    work, run = started
     proj = _measure("project", run, work)
     base = _measure("pandas", run, work)
     print(f"project (DuckDB, out of core): {proj.get('seconds', float('nan')):8.2f} s   "

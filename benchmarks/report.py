@@ -15,16 +15,13 @@ same run 13.5 minutes (it re-ran the analysis, then scanned the tokens table twi
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from aggregate import simulated_run
+from aggregate import start
 
 TARGETS = {"analyze": 60.0, "analyze + report": 120.0}
 
@@ -62,16 +59,10 @@ def _timed(args: list[str]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true")
-    p.add_argument("--run", help="reuse a simulated run folder (made if missing)")
-    p.add_argument("--child", nargs=2, metavar=("WHICH", "RUN"), help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.child:
-        _child(*a.child)
+    started = start(__doc__, _child, ("WHICH", "RUN"))
+    if started is None:
         return
-    work = Path(tempfile.mkdtemp(prefix="animacy-bench-"))
-    run = simulated_run(a.run, a.small, work)
+    work, run = started
     cli = [sys.executable, "-m", "animacy.cli"]
     res = {which: _timed([sys.executable, __file__, "--child", which, str(run)])
            for which in ("four scans", "one scan")}

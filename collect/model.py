@@ -14,13 +14,12 @@ from pathlib import Path
 import torch
 
 from animacy.errors import ConfigError
+from animacy.resources import cache_root
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("ANIMACY_CACHE", Path.home() / ".cache" / "animacy"))
 
 
 def smollm2_dir() -> Path:

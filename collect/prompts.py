@@ -15,13 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from animacy.errors import ConfigError
+from animacy.roles import article
 
 NO_PROMPT_MODES = ("none", "template_default")
 _SENTINEL = "\u2063SYSTEM\u2063"
-
-
-def article(role: str) -> str:
-    return "an" if role[:1].lower() in "aeiou" else "a"
 
 
 def system_text(template: str, role: str) -> str:

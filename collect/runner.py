@@ -38,9 +38,6 @@ from animacy.run import JOBS, MANIFEST, Run
 from animacy.schema import CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE, SCHEMA_VERSION, response_id
 from animacy.writers import write_table
 
-REDUCTIONS_WITH = ("mean_response", "mean_first_10", "role_word", "period", "last_token")
-REDUCTIONS_WITHOUT = ("mean_response", "mean_first_10", "last_token")
-
 
 def study_roles(cfg: StudyConfig) -> pd.DataFrame:
     """The roles table of the study: sampled from a norms/roles file or listed, plus controls and the
@@ -320,10 +317,9 @@ class Runner:
         time.sleep(self.poll)
 
     def vectors(self, job: Job) -> None:
-        run = Run(self.out)
-        acts = run.read("activations").merge(run.read("responses", ["response_id", "role"]), on="response_id")
         roles = [self.roles.iloc[k]["role"] for k in self.steered_roles]
-        tensors, index = vec.derive(acts, roles, self.cfg.controls, self.cfg.capture_layers, self.cfg.derivations)
+        tensors, index = vec.derive(vec.activation_means(Run(self.out)), roles, self.cfg.controls,
+                                    self.cfg.capture_layers, self.cfg.derivations)
         for trait in self.cfg.traits:
             index = vec.add_trait(tensors, index, trait.name, self._trait_diffs(trait))
         vec.save(self.out, tensors, index)

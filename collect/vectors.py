@@ -26,10 +26,10 @@ import pandas as pd
 from animacy.atomic import atomic_path
 from animacy.errors import ConfigError
 from animacy.run import VECTORS_DIR, VECTORS_FILE, Run
+from animacy.schema import AXIS, CONTROL_GROUP
 from animacy.writers import write_table
 
-AXIS = "assistant_axis"
-AXIS_ROLE = "Assistant"  # the role name the axis is indexed under
+AXIS_ROLE = CONTROL_GROUP  # the role name the axis is indexed under
 _SOURCES = {
     "role_minus_assistant_response": ("with_prompt", "mean_response", "controls"),
     "role_minus_assistant_first10": ("with_prompt", "mean_first_10", "controls"),
@@ -40,19 +40,29 @@ _SOURCES = {
 }
 
 
-def _means(acts: pd.DataFrame) -> dict[tuple, np.ndarray]:
-    """(role, condition, layer, reduction) -> mean vector over the role's responses."""
+def activation_means(run: Run) -> dict[tuple, np.ndarray]:
+    """(role, condition, layer, reduction) -> the mean activation vector over the role's responses,
+    aggregated out of core by DuckDB (element by element, in float64), never loading the table whole."""
+    from animacy.run import connect
+
+    con = connect()
+    df = con.execute(
+        f"""SELECT role, condition, layer, reduction, i, avg(v::DOUBLE) AS mean FROM (
+              SELECT r.role, a.condition, a.layer, a.reduction, unnest(a."values") AS v,
+                     generate_subscripts(a."values", 1) AS i
+              FROM {run.relation_sql('activations')} a JOIN {run.relation_sql('responses')} r USING (response_id))
+            GROUP BY ALL ORDER BY role, condition, layer, reduction, i""",
+        run.params("activations", "responses")).df()
     out = {}
-    for key, part in acts.groupby(["role", "condition", "layer", "reduction"], sort=True):
-        out[key] = np.stack(part["values"].to_numpy()).astype(np.float64).mean(0)
+    for key, part in df.groupby(["role", "condition", "layer", "reduction"], sort=False):
+        out[(key[0], key[1], int(key[2]), key[3])] = part["mean"].to_numpy(np.float64)
     return out
 
 
-def derive(acts: pd.DataFrame, roles: list[str], controls: list[str], layers: list[int],
+def derive(m: dict[tuple, np.ndarray], roles: list[str], controls: list[str], layers: list[int],
            derivations: list[str]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """Unit-norm vectors {tensor name: [n_roles, H]} and their index (role, derivation, layer, tensor,
-    row, raw_norm). `acts` has role, condition, layer, reduction, values."""
-    m = _means(acts)
+    row, raw_norm), from the mean activations `m` of `activation_means`."""
     tensors: dict[str, np.ndarray] = {}
     index = []
     for d in derivations:

@@ -173,3 +173,27 @@ def test_paths_with_quotes_reach_duckdb_as_parameters(small_run, tmp_path):
     assert main(["export", str(odd), "--csv", str(tmp_path / "fl'at.csv")]) == 0
     assert main(["analyze", str(tmp_path / "fl'at.csv"), "--out", str(tmp_path / "b"), "--no-umap", "--n-boot", "20",
                  "--quiet"]) == 0
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KB tmpfs: writing anything sizeable to it runs out of space (root only; skipped elsewhere)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here to fill ({done.stderr.decode().strip() or 'not root'})")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_ends_in_exit_2_with_nothing_partial(small_run, full_disk, capsys):
+    out = full_disk / "analysis"
+    assert main(["analyze", str(small_run), "--out", str(out), "--no-umap", "--n-boot", "20", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "Traceback" not in err, err
+    assert not any(full_disk.iterdir()), "no partial output or temporary files"
+    assert main(["export", str(small_run), "--csv", str(full_disk / "flat.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "Traceback" not in err, err
+    assert not any(full_disk.iterdir())

@@ -164,7 +164,8 @@ def test_the_original_studys_sweeps_import_faithfully(qwen_run):
     derivation, per-token log-probs whose mean is the study's bf16-rounded average."""
     tokens = duckdb.connect().execute(
         f"SELECT derivation, count(DISTINCT response_id || magnitude) AS n, count(*) AS toks, "
-        f"count(DISTINCT layers) AS layer_sets FROM {qwen_run.relation_sql('tokens')} GROUP BY derivation").df()
+        f"count(DISTINCT layers) AS layer_sets FROM {qwen_run.relation_sql('tokens')} GROUP BY derivation",
+        qwen_run.params("tokens")).df()
     assert len(tokens) == 6 and (tokens["n"] == 121 * 9 * 4).all() and (tokens["layer_sets"] == 1).all()
     raw = pd.read_csv(SEED / "qwen3_30b_word_guess_steered_avg_response.csv.gz")
     assert tokens.set_index("derivation").loc["role_minus_assistant_response", "toks"] == sum(

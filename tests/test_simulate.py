@@ -39,3 +39,17 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path):
     np.testing.assert_array_equal(a["mean_log_prob"], b["mean_log_prob"])
     assert not np.allclose(a["mean_log_prob"], c["mean_log_prob"])
     assert len(a) == cfg.n_token_rows() // cfg.tokens
+
+
+def test_activation_means_out_of_core_equal_numpy_means(small_run):
+    """The vectors job's DuckDB aggregation (element by element) against numpy on the whole table."""
+    from animacy.collect.vectors import activation_means
+
+    run = Run(small_run)
+    acts = run.read("activations").merge(run.read("responses", ["response_id", "role"]), on="response_id")
+    got = activation_means(run)
+    groups = acts.groupby(["role", "condition", "layer", "reduction"])
+    assert len(got) == groups.ngroups
+    for (role, cond, layer, red), part in groups:
+        want = np.stack(part["values"].to_numpy()).astype(np.float64).mean(0)
+        np.testing.assert_allclose(got[(role, cond, int(layer), red)], want, rtol=1e-12, atol=1e-12)
