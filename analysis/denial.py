@@ -14,7 +14,7 @@ import pandas as pd
 
 from animacy.analysis.bootstrap import resample_index
 from animacy.analysis.groups import apply_rule
-from animacy.analysis.mixed import fit_mixed
+from animacy.analysis.mixed import fit_many
 from animacy.analysis.ratings import transform_ratings
 
 
@@ -77,8 +77,9 @@ def denial_models(table: pd.DataFrame, backend: str = "python", reference_group:
         rated = rows.drop(columns=ratings).join(scaled, on="role").dropna(subset=ratings)
         random = " + (1 | task)" if rated["task"].nunique() > 1 else ""
         models.append((f"label ~ {' + '.join(ratings)}{random} + (1 | role)", rated))
-    for formula, data in models:
-        fit = fit_mixed(data, formula, backend, family="binomial", source=f"the {classifier} labels")
+    fits = fit_many({formula: (data, formula, f"the {classifier} labels") for formula, data in models}, backend,
+                    family="binomial")
+    for formula, fit in fits.items():
         out.append(fit.fixed.assign(model=formula, ratings=how if "group" not in formula else ""))
     res = _odds_ratios(pd.concat(out, ignore_index=True)).assign(classifier=classifier, reference_group=ref)
     return res[["classifier", "model", *[c for c in res.columns if c not in ("classifier", "model")]]], skipped

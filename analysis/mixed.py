@@ -171,16 +171,22 @@ def fit_by(data: pd.DataFrame, by: str, formula: str, backend: str = "python", r
     """`fit_mixed` on every `by` group of `data` (in sorted order): {group: MixedFit}. With the python
     backend the fits run in parallel processes, one per core. A group that cannot be fitted raises its
     error, or with `keep_errors` maps to the error (a `ConfigError` saying why)."""
-    keys, jobs = [], []
-    for key, part in data.groupby(by, sort=True, observed=True):
-        keys.append(key)
-        jobs.append((part, formula, backend, reml, family, f"{what} of {by} {key}"))
-    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    jobs = {key: (part, formula, f"{what} of {by} {key}") for key, part in data.groupby(by, sort=True, observed=True)}
+    return fit_many(jobs, backend, reml, family, keep_errors)
+
+
+def fit_many(jobs: dict, backend: str = "python", reml: bool = True, family: str = "gaussian",
+             keep_errors: bool = False) -> dict:
+    """`fit_mixed` on each {key: (data, formula, source)}: {key: MixedFit}, in parallel processes (one per
+    core) with the python backend. Errors as in `fit_by`."""
+    keys = list(jobs)
+    args = [(data, formula, backend, reml, family, source) for data, formula, source in jobs.values()]
+    workers = min(len(args), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if backend == "python" and workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_fit_job, jobs))
+            results = list(pool.map(_fit_job, args))
     else:
-        results = [_fit_job(job) for job in jobs]
+        results = [_fit_job(job) for job in args]
     out = {}
     for key, res in zip(keys, results):
         if isinstance(res, tuple):  # an error, sent as (class, fields): DataError does not pickle itself

@@ -188,10 +188,9 @@ def _steering_tables(means, positions, gap, roles, model: SteeringModel, options
         regs.append(rating_regressions(blups, roles, "blup", ratings, options.ratings, base))
     tables["rating_regressions.csv"] = pd.concat(regs, ignore_index=True)
     chosen = [r for r in ratings if r in options.rating_models] if options.rating_models else ratings
-    multi = [rating_multilevel(means, roles, r, model, options.backend, options.ratings) for r in chosen]
-    multi = [m for m in multi if not m.empty]
-    if multi:
-        tables["rating_multilevel.csv"] = pd.concat(multi, ignore_index=True)
+    multi = rating_multilevel(means, roles, chosen, model, options.backend, options.ratings) if chosen else None
+    if multi is not None and not multi.empty:
+        tables["rating_multilevel.csv"] = multi
     return tables
 
 

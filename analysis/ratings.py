@@ -23,7 +23,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from animacy.analysis.groups import is_control
-from animacy.analysis.mixed import fit_by
+from animacy.analysis.mixed import fit_many
 from animacy.analysis.steering import SteeringFits, SteeringModel, steered_rows
 from animacy.errors import ConfigError
 from animacy.schema import TABLES
@@ -110,19 +110,23 @@ def rating_regressions(slopes: pd.DataFrame, roles: pd.DataFrame, source: str, r
     return pd.DataFrame(rows)
 
 
-def rating_multilevel(means: pd.DataFrame, roles: pd.DataFrame, rating: str, model: SteeringModel,
+def rating_multilevel(means: pd.DataFrame, roles: pd.DataFrame, ratings: list[str], model: SteeringModel,
                       backend: str = "python", how: str = "center") -> pd.DataFrame:
-    """One step, per derivation: the steering model with `rating` in place of `group`."""
-    formula = model.formula()
-    if "group" not in formula:
+    """One step, per rating and derivation: the steering model with the rating in place of `group`
+    (all fits at once, in parallel with the python backend)."""
+    if "group" not in model.formula():
         return pd.DataFrame()
-    formula = formula.replace("group", rating)
-    rated = transform_ratings(roles, [rating], how).set_index("role")[rating]
-    df, _ = steered_rows(means)
-    df = df.assign(**{rating: df["role"].map(rated)}).dropna(subset=[rating])
-    df = df[df.groupby("derivation")["role"].transform("nunique") >= 3]
-    fits = fit_by(df, "derivation", formula, backend, what="the steered rows")
-    out = [fit.fixed.assign(derivation=d, rating=rating, ratings=how, formula=fit.formula) for d, fit in fits.items()]
+    steered, _ = steered_rows(means)
+    rated = transform_ratings(roles, ratings, how).set_index("role")
+    jobs = {}
+    for rating in ratings:
+        df = steered.assign(**{rating: steered["role"].map(rated[rating])}).dropna(subset=[rating])
+        for d, part in df.groupby("derivation", sort=True):
+            if part["role"].nunique() >= 3:
+                jobs[(rating, d)] = (part, model.formula().replace("group", rating),
+                                     f"the steered rows of derivation {d}")
+    fits = fit_many(jobs, backend)
+    out = [fit.fixed.assign(derivation=d, rating=r, ratings=how, formula=fit.formula) for (r, d), fit in fits.items()]
     if not out:
         return pd.DataFrame()
     res = pd.concat(out, ignore_index=True)
