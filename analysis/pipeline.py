@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from animacy.analysis.ablation import ablation_effects
 from animacy.analysis.aggregate import aggregates, gap_by_role
 from animacy.analysis.bootstrap import MIN_CLUSTERS
 from animacy.analysis.classify import evaluate
@@ -89,6 +90,8 @@ def analyze(run: Run, out: str | Path | None = None, options: AnalyzeOptions | N
     model = SteeringModel(outcome=options.outcome, task=options.task, random_slopes=options.random_slopes,
                           formula_text=options.formula)
     steering: dict = {"formula": model.formula()}
+    if supported["assistant-axis ablation"] is None:
+        tables["ablation_effects.csv"] = ablation_effects(means, **boot)
     if supported["steering models and slopes"] is None:
         tables["steering_effect.csv"] = steering_effect(means, (options.first_n, *STEERING_WINDOWS))
         tables |= _steering_tables(means, positions, gap, roles, model, options, steering, skipped,

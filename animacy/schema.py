@@ -14,7 +14,8 @@ import pyarrow as pa
 
 Kind = Literal["str", "int", "float", "bool", "vector", "ids"]
 
-CONDITIONS = ("with_prompt", "without_prompt", "steered", "capped")
+CONDITIONS = ("with_prompt", "without_prompt", "steered", "capped", "ablated", "mean_ablated")
+ABLATED = ("ablated", "mean_ablated")  # with the role prompt, the axis projection removed / set to a mean
 UNSTEERED = ("with_prompt", "without_prompt")
 DERIVATIONS = (
     "role_minus_assistant_response",
@@ -172,6 +173,11 @@ TOKENS = Table(
             "magnitude",
             "condition = 'steered' AND (derivation IS NULL OR magnitude IS NULL)",
             "steered rows need both a derivation and a magnitude",
+        ),
+        RowCheck(
+            "derivation",
+            f"condition IN {_in(ABLATED)} AND (derivation IS NULL OR magnitude IS NOT NULL)",
+            "ablated rows name the ablated direction in derivation and have no magnitude",
         ),
         RowCheck(
             "tau",

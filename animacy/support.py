@@ -26,6 +26,8 @@ def support(run: Run, known_conditions: set[str] | None = None) -> dict[str, str
             "with and without the role prompt)"),
         "steering models and slopes": None if "steered" in cond else (
             no_tokens if not cond else "the tokens table has no steered rows"),
+        "assistant-axis ablation": None if {"ablated", "with_prompt"} <= cond else (
+            no_tokens if not cond else "the tokens table has no ablated rows (collect with steer.ablate = true)"),
         "denial and AI-claim statistics": None if run.has("labels") else (
             "the run has no labels table (animacy classify RUN, or animacy labels import)"),
         "vector geometry": None if run.has("vectors_index") else "the run has no vectors",

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from animacy.collect.hooks import Addition, Cap, Mode, Record, decoder_layers, hooks
+from animacy.collect.hooks import Ablation, Addition, Cap, Mode, Record, decoder_layers, hooks
 
 _LOGIT_CHUNK = 256  # positions per lm-head chunk
 
@@ -44,8 +44,10 @@ class Generation:
 @dataclass
 class Intervention:
     """Steer (`kind='add'`: a vector per layer, [H] or one per row [rows, H], times a coefficient per
-    row) or cap (`kind='cap'`: a unit axis per layer, a tau per row) while scoring. `layer_scale`
-    multiplies the coefficients per layer (magnitudes in units of each layer's residual norm)."""
+    row), cap (`kind='cap'`: a unit axis per layer, a tau per row) or ablate (`kind='ablate'`: a unit axis
+    per layer, the projection each row is set to: 0 for directional ablation, a reference mean for mean
+    ablation) while scoring. `layer_scale` multiplies the coefficients per layer (magnitudes in units of
+    each layer's residual norm)."""
 
     kind: str
     per_layer: dict[int, torch.Tensor]
@@ -233,7 +235,7 @@ class TransformersBackend:
         return ScoreResult(out, {})
 
     def _intervention_hooks(self, intervention: Intervention, plen: torch.Tensor) -> dict[int, list]:
-        cls = Addition if intervention.kind == "add" else Cap
+        cls = {"add": Addition, "cap": Cap, "ablate": Ablation}[intervention.kind]
         per_layer: dict[int, list] = {}
         for layer, vec in intervention.per_layer.items():
             scale = (intervention.layer_scale or {}).get(layer, 1.0)

@@ -36,6 +36,8 @@ magnitudes = [0.0, 0.05, 0.1, 0.2]
 units = "relative"                  # fraction of the layer's mean residual norm, or "absolute"
 position_mode = "all"               # all | prompt | response
 cap_taus = [0.0, 0.05]              # capping on the assistant axis, same units
+ablate = false                      # also score with the role prompt while ablating the assistant axis: its
+                                    # projection removed (ablated) and set to the controls' mean (mean_ablated)
 score_tokens = 0                    # score only the first N response tokens when steering (0: all)
 
 [word_guess]
@@ -101,6 +103,7 @@ class StudyConfig:
     units: str
     position_mode: str
     cap_taus: list[float]
+    ablate: bool
     score_tokens: int
     word_guess_prompt: str | None
     traits: list[Trait] = field(default_factory=list)
@@ -142,7 +145,7 @@ KEYS = {
     "model": {"source", "revision", "dtype", "device", "generator", "max_batch_tokens", "generation_batch"},
     "roles": {"table", "list", "per_group", "controls", "x", "y", "high", "low"},
     "capture": {"layers"},
-    "steer": {"layers", "derivations", "magnitudes", "units", "position_mode", "cap_taus", "score_tokens"},
+    "steer": {"layers", "derivations", "magnitudes", "units", "position_mode", "cap_taus", "ablate", "score_tokens"},
     "word_guess": {"prompt"},
     "traits": {"name", "positive", "negative"},
 }
@@ -217,6 +220,7 @@ def load_config(path: str | Path) -> StudyConfig:
         units=_get(se, "units", str, p, "steer", "relative"),
         position_mode=_get(se, "position_mode", str, p, "steer", "all"),
         cap_taus=_list(se, "cap_taus", float, p, "steer", []),
+        ablate=_get(se, "ablate", bool, p, "steer", False),
         score_tokens=_get(se, "score_tokens", int, p, "steer", 0),
         word_guess_prompt=_get(wg, "prompt", str, p, "word_guess", None),
         traits=[Trait(**t) for t in raw.get("traits", [])],
@@ -252,8 +256,9 @@ def _check(c: StudyConfig) -> None:
         raise ConfigError(p, f"steer.units must be one of {', '.join(UNITS)}", column="steer.units")
     if c.position_mode not in MODES:
         raise ConfigError(p, f"steer.position_mode must be one of {', '.join(MODES)}", column="steer.position_mode")
-    if (c.magnitudes or c.cap_taus) and not c.steer_layers:
-        raise ConfigError(p, "steer.magnitudes or cap_taus are set but steer.layers is empty", column="steer.layers")
+    if (c.magnitudes or c.cap_taus or c.ablate) and not c.steer_layers:
+        raise ConfigError(p, "steer.magnitudes, cap_taus or ablate are set but steer.layers is empty",
+                          column="steer.layers")
     if c.generator not in GENERATORS:
         raise ConfigError(p, f"model.generator must be one of {', '.join(GENERATORS)}", column="model.generator")
     if c.temperature < 0:

@@ -1,4 +1,5 @@
-"""Hooks on the residual stream, in one place: add (steer), cap, record, registered by one context manager.
+"""Hooks on the residual stream, in one place: add (steer), cap, ablate, record, registered by one context
+manager.
 
 A hook acts on the output of decoder layers (the residual stream after the layer), found generically as
 `model.get_decoder().layers`; a layer's output may be a tensor or a tuple whose first item is the
@@ -101,6 +102,30 @@ class Cap:
         lift = torch.clamp(self.tau.to(h.dtype).reshape(-1, 1) - proj, min=0).unsqueeze(-1) * a
         mask = position_mask(h, self.mode, self.prompt_len)
         return _replace(output, h + (lift if mask is None else lift * mask))
+
+
+@dataclass
+class Ablation:
+    """Directional ablation on a unit `axis`: remove the residual's projection on it, or with `mean`
+    (mean ablation) replace the projection with that value, the mean projection over a reference set.
+    Applying it twice equals applying it once. A position whose projection is already the target to
+    rounding (within 1e-6 of its residual's norm: a direction orthogonal to it) is left bit-identical."""
+
+    axis: torch.Tensor  # [H], unit norm
+    mean: torch.Tensor | float | None = None  # None: remove the projection; else set it to this ([B]: per row)
+    mode: Mode = "all"
+    prompt_len: torch.Tensor | int | None = None
+
+    def __call__(self, module, args, output):
+        h = _hidden(output)
+        a = self.axis.to(h.dtype)
+        proj = (h @ a).unsqueeze(-1)  # [B, T, 1]
+        target = torch.as_tensor(0.0 if self.mean is None else self.mean, dtype=h.dtype, device=h.device)
+        gap = target.reshape(-1, 1, 1) - proj
+        gap = torch.where(gap.abs() <= 1e-6 * h.norm(dim=-1, keepdim=True), torch.zeros_like(gap), gap)
+        delta = gap * a
+        mask = position_mask(h, self.mode, self.prompt_len)
+        return _replace(output, h + (delta if mask is None else delta * mask))
 
 
 class Record:

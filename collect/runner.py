@@ -35,7 +35,7 @@ from animacy.progress import progress
 from animacy.provenance import config_hash, provenance
 from animacy.roles import GroupRule, design_roles, read_norms
 from animacy.run import JOBS, MANIFEST, Run
-from animacy.schema import CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE, SCHEMA_VERSION, response_id
+from animacy.schema import ABLATED, CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE, SCHEMA_VERSION, response_id
 from animacy.writers import write_table
 
 
@@ -149,7 +149,8 @@ class Runner:
             return None
         old = json.loads(path.read_text())
         before, now = old.get("config", {}), self.cfg.as_dict()
-        keys = sorted(k for k in set(before) | set(now) if k != "path" and before.get(k) != now.get(k))
+        keys = sorted(k for k in set(before) | set(now) if k != "path" and before.get(k) != now.get(k)
+                      and not (k not in before and now.get(k) in (False, None, [], 0)))  # a new key, off
         if not keys:
             return old
         refused = [k for k in keys if k not in self.allow_config_change]
@@ -168,7 +169,7 @@ class Runner:
         """Every job of the study (all shards), in the order they run: the plan the manifest records."""
         n = len(self.roles)
         jobs = [Job("gen", k) for k in range(n)] + [Job("score", k) for k in range(n)] + [Job("vectors", 0)]
-        if self.cfg.magnitudes or self.cfg.cap_taus:
+        if self.cfg.magnitudes or self.cfg.cap_taus or self.cfg.ablate:
             jobs += [Job("steer", k) for k in self.steered_roles]
         if self.cfg.word_guess_prompt:
             jobs += [Job("wordguess", k) for k in self.steered_roles]
@@ -198,7 +199,7 @@ class Runner:
         """The manifest; a resumed run keeps the original's config, hash, model, generation and provenance
         (and any recorded config changes), and updates only what the run adds: jobs planned and done, shards
         done, layer norms."""
-        norms_path = self.out / JOBS / "layer_norms.json"
+        norms_path, means_path = self.out / JOBS / "layer_norms.json", self.out / JOBS / "axis_means.json"
         markers = sorted(p.stem for p in (self.out / JOBS).glob("*.done")) if (self.out / JOBS).exists() else []
         shards = [m for m in markers if m.startswith("shard-")]
         jobs = {"planned": [j.id for j in self.jobs()], "done": [m for m in markers if not m.startswith("shard-")]}
@@ -208,6 +209,7 @@ class Runner:
             old["shards_done"] = shards
             old["jobs"] = jobs
             old["layer_norms"] = json.loads(norms_path.read_text()) if norms_path.exists() else old.get("layer_norms")
+            old["axis_means"] = json.loads(means_path.read_text()) if means_path.exists() else old.get("axis_means")
             write_json(old, existing)
             return
         cfg = self.cfg.as_dict()
@@ -221,6 +223,7 @@ class Runner:
             "generation": {"generator": self.cfg.generator, "batch": self.cfg.generation_batch,
                            "sampling": asdict(self.sampling)},
             "layer_norms": json.loads(norms_path.read_text()) if norms_path.exists() else None,
+            "axis_means": json.loads(means_path.read_text()) if means_path.exists() else None,
             "jobs": jobs, "shards_done": shards, "provenance": provenance(),
         }, self.out / MANIFEST)
 
@@ -318,8 +321,11 @@ class Runner:
 
     def vectors(self, job: Job) -> None:
         roles = [self.roles.iloc[k]["role"] for k in self.steered_roles]
-        tensors, index = vec.derive(vec.activation_means(Run(self.out)), roles, self.cfg.controls,
-                                    self.cfg.capture_layers, self.cfg.derivations)
+        means = vec.activation_means(Run(self.out))
+        tensors, index = vec.derive(means, roles, self.cfg.controls, self.cfg.capture_layers, self.cfg.derivations)
+        write_json({str(k): v for k, v in vec.axis_means(means, tensors, self.cfg.controls,
+                                                          self.cfg.capture_layers).items()},
+                   self.out / JOBS / "axis_means.json")
         for trait in self.cfg.traits:
             index = vec.add_trait(tensors, index, trait.name, self._trait_diffs(trait))
         vec.save(self.out, tensors, index)
@@ -378,6 +384,14 @@ class Runner:
                     "cap", axis, torch.tensor(self.cfg.cap_taus), self.cfg.position_mode, scale))
                 out += [_token_rows(row.response_id, "capped", vec.AXIS, None, layers_str, ids, res.log_probs[k], tau)
                         for k, tau in enumerate(self.cfg.cap_taus)]
+            if self.cfg.ablate:  # with the role prompt: the axis projection set to 0, and to the controls' mean
+                with_prompt = self._prompt(role, int(row.task_id[1:]), True)
+                means = json.loads((self.out / JOBS / "axis_means.json").read_text())
+                res = self.backend.score(with_prompt.ids, ids, Intervention(
+                    "ablate", axis, torch.tensor([0.0, 1.0]), self.cfg.position_mode,
+                    {layer: means[str(layer)] for layer in self.cfg.steer_layers}))
+                out += [_token_rows(row.response_id, cond, vec.AXIS, None, layers_str, ids, res.log_probs[k])
+                        for k, cond in enumerate(ABLATED)]
         self._part("tokens", job, pa.concat_tables(out))
         self._mark(job, {"token_rows": sum(t.num_rows for t in out)})
 

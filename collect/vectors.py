@@ -94,6 +94,18 @@ def derive(m: dict[tuple, np.ndarray], roles: list[str], controls: list[str], la
     return tensors, pd.DataFrame(index)
 
 
+def axis_means(m: dict[tuple, np.ndarray], tensors: dict[str, np.ndarray], controls: list[str],
+               layers: list[int]) -> dict[int, float]:
+    """The reference mean of mean ablation, per layer: the projection on the assistant axis of the
+    assistant controls' mean response activation with their prompt (the mean over their responses of
+    each response's mean-token projection, as the projection is linear)."""
+    out = {}
+    for layer in layers:
+        ctrl = np.mean([m[(c, "with_prompt", layer, "mean_response")] for c in controls], axis=0)
+        out[layer] = float(ctrl @ tensors[f"{AXIS}/layer{layer}"][0].astype(np.float64))
+    return out
+
+
 def add_trait(tensors: dict[str, np.ndarray], index: pd.DataFrame, name: str,
               diffs: dict[int, np.ndarray]) -> pd.DataFrame:
     """Add a contrastive trait vector (positive - negative instruction) per layer, unit norm."""

@@ -160,3 +160,38 @@ def test_a_role_vector_steers_inside_its_block_only(smollm2):
     assert not torch.allclose(steered, base) and torch.equal(after, base)
     with vec.apply(model, magnitude=0.0):
         assert torch.equal(_logits(model, ids), base)
+
+
+@pytest.mark.parametrize("mean", [None, 3.0])
+def test_ablation_sets_the_projection_is_idempotent_and_leaves_other_positions(model, mean):
+    """Ablation (mean=None) leaves a projection of 0, mean ablation the reference mean, to 1e-5; twice equals
+    once; with `response` mode only positions from prompt_len - 1 on change."""
+    from animacy.collect.hooks import Ablation
+
+    ids = _ids(model)
+    raw = _vector(model, seed=4)
+    axis = raw / raw.norm()
+    rec_once, rec_twice, rec_mode, rec_base = Record(), Record(), Record(), Record()
+    once = _logits(model, ids, {2: [Ablation(axis, mean), rec_once]})
+    twice = _logits(model, ids, {2: [Ablation(axis, mean), Ablation(axis, mean), rec_twice]})
+    _logits(model, ids, {2: [Ablation(axis, mean, "response", prompt_len=9), rec_mode]})
+    _logits(model, ids, {2: [rec_base]})
+    proj = rec_once.outputs[0] @ axis
+    torch.testing.assert_close(proj, torch.full_like(proj, mean or 0.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(twice, once, rtol=0, atol=1e-5)
+    torch.testing.assert_close(rec_twice.outputs[0], rec_once.outputs[0], rtol=0, atol=1e-5)
+    assert torch.equal(rec_mode.outputs[0][:, :8], rec_base.outputs[0][:, :8])
+    torch.testing.assert_close(rec_mode.outputs[0][:, 8:], rec_once.outputs[0][:, 8:], rtol=0, atol=1e-5)
+
+
+def test_ablating_a_direction_orthogonal_to_the_residual_is_bit_identical(model):
+    from animacy.collect.hooks import Ablation
+
+    ids = _ids(model)
+    rec = Record()
+    base = _logits(model, ids, {2: [rec]})
+    h = rec.outputs[0][0].double()  # [T, H]: a direction in the orthogonal complement of every position
+    q, _ = torch.linalg.qr(torch.cat([h.T, torch.randn(h.shape[1], 1, dtype=torch.float64)], dim=1))
+    axis = q[:, -1].float()
+    assert (rec.outputs[0][0] @ axis).abs().max() < 1e-4
+    assert torch.equal(_logits(model, ids, {2: [Ablation(axis)]}), base)

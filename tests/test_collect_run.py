@@ -43,6 +43,7 @@ layers = [5]
 derivations = ["role_minus_assistant_response", "with_minus_without_response"]
 magnitudes = [0.0, 0.1]
 cap_taus = [0.05]
+ablate = true
 
 [word_guess]
 prompt = "Which word describes you? One word."
@@ -94,7 +95,15 @@ def test_a_small_study_end_to_end(full_run, tmp_path):
     n = tokens.groupby(["response_id", "condition", "derivation", "magnitude"], dropna=False).size()
     lengths = resp.set_index("response_id")["n_tokens"]
     assert (n.groupby(level=0).min() == lengths.reindex(n.index.get_level_values(0).unique())).all()
-    assert set(tokens["condition"]) == {"with_prompt", "without_prompt", "steered", "capped"}
+    assert set(tokens["condition"]) == {"with_prompt", "without_prompt", "steered", "capped", "ablated",
+                                        "mean_ablated"}
+    # ablation runs with the role prompt, over the same tokens, for the steered roles; its mean is recorded
+    steered_ids = set(tokens.loc[tokens.condition == "steered", "response_id"])
+    for cond in ("ablated", "mean_ablated"):
+        rows = tokens[tokens.condition == cond]
+        assert set(rows["response_id"]) == steered_ids and (rows["derivation"] == "assistant_axis").all()
+        assert len(rows) == len(tokens[(tokens.condition == "with_prompt") & tokens.response_id.isin(steered_ids)])
+    assert set(m["axis_means"]) == {"5", "10"}
     capped = tokens[tokens.condition == "capped"]
     assert (capped["tau"] == 0.05).all() and capped["magnitude"].isna().all() and tokens.loc[
         tokens.condition != "capped", "tau"].isna().all(), "τ has its own column"

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import doctest
 import importlib
+from pathlib import Path
 
 import pytest
 
-MODULES = ["animacy.tables", "animacy.writers", "animacy.analysis.mixed", "animacy.analysis.ratings",
-           "animacy.analysis.bootstrap"]
+REPO = Path(__file__).resolve().parents[1]
+# every module of the package and the analysis half whose docstrings hold an example (the collector's need
+# a model, so they are prose)
+MODULES = sorted(f"animacy.{'analysis.' if p.parent.name == 'analysis' else ''}{p.stem}"
+                 for folder in ("animacy", "analysis") for p in (REPO / folder).glob("*.py")
+                 if ">>> " in p.read_text())
 
 
 @pytest.mark.parametrize("name", MODULES)
