@@ -44,7 +44,7 @@ def plan(config: str) -> dict:
 
     from animacy.collect.backend import TransformersBackend
     from animacy.collect.model import load_model
-    from animacy.collect.runner import study_roles
+    from animacy.collect.stages import study_roles
 
     cfg = load_config(config)
     roles = study_roles(cfg)

@@ -1,0 +1,295 @@
+"""The stages of a study, each a function of one role (the vectors: of the whole run) that computes its
+tables and returns them as an `Output`; the runner (`runner.py`) plans the jobs, skips those done, writes
+what a stage returns through the contract's writers and marks the job done.
+
+Stages: generation (seeded per response) -> teacher-forced scoring with and without the role prompt, with
+reduced activations -> vectors (role vectors, the assistant axis, traits) -> steering, capping and
+ablation -> word guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from animacy.collect import vectors as vec
+from animacy.collect.backend import Intervention, Sampling, TransformersBackend, pack
+from animacy.collect.config import StudyConfig
+from animacy.collect.model import LoadedModel, load_model
+from animacy.collect.prompts import Prompt, render_prompt, system_text
+from animacy.collect.vllm_backend import VLLMBackend
+from animacy.errors import ConfigError
+from animacy.roles import GroupRule, design_roles, read_norms
+from animacy.run import JOBS, Run
+from animacy.schema import ABLATED, CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE, response_id
+
+
+def study_roles(cfg: StudyConfig) -> pd.DataFrame:
+    """The roles table of the study: sampled from a norms/roles file or listed, plus controls and the
+    no-system-prompt pass."""
+    if cfg.roles_list is not None:
+        roles = pd.DataFrame(cfg.roles_list)
+        if not {"role", "group"} <= set(roles.columns):
+            raise ConfigError(cfg.path, "each entry of roles.list needs role and group", column="roles.list")
+        roles["is_control"] = False
+    else:
+        table = Path(cfg.roles_table)
+        if not table.is_absolute():
+            candidates = [Path(cfg.path).parent / table, Path.cwd() / table]
+            table = next((c for c in candidates if c.exists()), candidates[0])
+        norms = read_norms(table)
+        if cfg.per_group is None and "group" in norms:
+            roles = norms[~norms.get("is_control", pd.Series(False, index=norms.index)).fillna(False).astype(bool)]
+            roles = roles.assign(is_control=False)
+        else:
+            roles = design_roles(norms, cfg.per_group or 1, cfg.seed, GroupRule(**cfg.group_rule))
+            roles = roles[~roles["is_control"]]
+    extra = pd.DataFrame({"role": [*cfg.controls, NO_PROMPT_ROLE],
+                          "group": [CONTROL_GROUP] * len(cfg.controls) + [NO_PROMPT_GROUP], "is_control": True})
+    clash = sorted(set(roles["role"].astype(str)) & set(extra["role"]))
+    if clash:
+        raise ConfigError(cfg.path, f"the role '{clash[0]}' of the roles table is also an assistant control (or the "
+                          "no-prompt pass)", column="roles.controls")
+    dup = roles["role"].astype(str).duplicated()
+    if dup.any():
+        twice = roles["role"].iloc[int(dup.to_numpy().argmax())]
+        raise ConfigError(cfg.path, f"the roles table has the role '{twice}' twice", column="roles.table")
+    out = pd.concat([roles, extra], ignore_index=True)
+    front = ["role", "group", "is_control"]
+    out = out[front + [c for c in out.columns if c not in front]]
+    return out.drop(columns=[c for c in ("category", "broad_category") if c in out and out[c].isna().all()])
+
+
+def response_seed(seed: int, role: str, task: int, replicate: int) -> int:
+    return int(hashlib.sha256(f"{seed}|{role}|{task}|{replicate}".encode()).hexdigest()[:8], 16)
+
+
+@dataclass
+class Output:
+    """What a stage made: table parts by table name, what its done marker records, bookkeeping files
+    under `_jobs/` (JSON, by relative path), and the vectors (tensors, index) of the vectors stage."""
+
+    tables: dict[str, pd.DataFrame | pa.Table]
+    info: dict
+    files: dict[str, dict] = field(default_factory=dict)
+    vectors: tuple[dict[str, np.ndarray], pd.DataFrame] | None = None
+
+
+class Stages:
+    """The stage functions of one study, sharing its config, roles, run folder and (loaded once, on first
+    use) model and backends."""
+
+    def __init__(self, cfg: StudyConfig, roles: pd.DataFrame, out: Path) -> None:
+        self.cfg, self.roles, self.out = cfg, roles, out
+        self._lm: LoadedModel | None = None
+        self._vllm: VLLMBackend | None = None
+
+    @property
+    def lm(self) -> LoadedModel:
+        if self._lm is None:
+            self._lm = load_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype, self.cfg.device)
+            self.backend = TransformersBackend(self._lm.model, self._lm.tokenizer, self.cfg.generation_batch)
+        return self._lm
+
+    @property
+    def steered_roles(self) -> list[int]:
+        return [k for k, r in enumerate(self.roles.itertuples()) if not r.is_control]
+
+    def _prompt(self, role: str, task: int, with_system: bool) -> Prompt:
+        system = system_text(self.cfg.system_template, role) if with_system and role != NO_PROMPT_ROLE else None
+        return render_prompt(self.lm.tokenizer, self.cfg.tasks[task], system, role, self.cfg.no_prompt)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.cfg.temperature, max_tokens=self.cfg.max_new_tokens)
+
+    @property
+    def generator(self) -> TransformersBackend | VLLMBackend:
+        """The generation backend: both take `generate_many(prompt ids, seeds, Sampling)`."""
+        if self.cfg.generator != "vllm":
+            self.lm  # noqa: B018 -- loads the model and its backend
+            return self.backend
+        if self._vllm is None:
+            self._vllm = VLLMBackend(self.lm.info["source"], self.cfg.dtype)
+        return self._vllm
+
+    def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list:
+        return self.generator.generate_many(prompts, seeds, self.sampling)
+
+    def generate(self, index: int) -> Output:
+        """Sample every response of role `index` (seeded per response)."""
+        role = self.roles.iloc[index]["role"]
+        cells = [(t, r) for t in range(len(self.cfg.tasks)) for r in range(self.cfg.replicates)]
+        prompts = {t: self._prompt(role, t, True).ids for t in range(len(self.cfg.tasks))}
+        seeds = [response_seed(self.cfg.seed, role, t, r) for t, r in cells]
+        gens = self._generate([prompts[t] for t, _ in cells], seeds)
+        rows = [{"response_id": response_id(role, f"t{t:02d}", r), "role": role, "task_id": f"t{t:02d}",
+                 "replicate": r, "seed": seed, "text": g.text, "n_tokens": len(g.ids), "finish_reason": g.finish_reason,
+                 "token_ids": g.ids} for (t, r), seed, g in zip(cells, seeds, gens)]
+        return Output({"responses": pd.DataFrame(rows).astype({"seed": "int64"})}, {"responses": len(rows)})
+
+    def _responses(self, role: str) -> pd.DataFrame:
+        run = Run(self.out)
+        df = run.read("responses")
+        return df[df["role"] == role].sort_values("response_id").reset_index(drop=True)
+
+    def score(self, index: int) -> Output:
+        """Teacher-force each response of role `index` with and without the role prompt; capture reduced
+        activations, and the residual norms that relative magnitudes are measured in."""
+        role = self.roles.iloc[index]["role"]
+        resp = self._responses(role)
+        tokens, acts = [], []
+        norm_sum = {layer: 0.0 for layer in self.cfg.capture_layers}
+        norm_n = 0
+        for cond, with_sys in (("with_prompt", True), ("without_prompt", False)):
+            items = [(row, self._prompt(role, int(row.task_id[1:]), with_sys)) for row in resp.itertuples()
+                     if len(row.token_ids)]
+            for batch in pack([len(p.ids) + len(r.token_ids) for r, p in items], self.cfg.max_batch_tokens):
+                chunk = [items[i] for i in batch]
+                res = self.backend.score_batch([p.ids for _, p in chunk], [list(r.token_ids) for r, _ in chunk],
+                                               capture=self.cfg.capture_layers)
+                for b, (row, p) in enumerate(chunk):
+                    n = len(row.token_ids)
+                    tokens.append(_token_rows(row.response_id, cond, None, None, None, row.token_ids,
+                                              res.log_probs[b, :n]))
+                    plen = len(p.ids)
+                    for layer in self.cfg.capture_layers:
+                        h = res.hidden[layer][b]
+                        resp_h = h[plen:plen + n]
+                        spans = {"mean_response": resp_h, "mean_first_10": resp_h[:10], "last_token": h[plen - 1:plen]}
+                        if cond == "with_prompt" and p.role_tokens:
+                            spans["role_word"] = h[p.role_tokens]
+                        if cond == "with_prompt" and p.period_token is not None:
+                            spans["period"] = h[p.period_token:p.period_token + 1]
+                        for red, hs in spans.items():
+                            acts.append((row.response_id, cond, layer, red,
+                                         hs.mean(0).cpu().numpy().astype(np.float32)))
+                        if cond == "without_prompt":
+                            norm_sum[layer] += float(resp_h.norm(dim=-1).sum())
+                    if cond == "without_prompt":
+                        norm_n += n
+        return Output({"tokens": pa.concat_tables(tokens), "activations": _activation_table(acts)},
+                      {"token_rows": sum(t.num_rows for t in tokens), "activations": len(acts)},
+                      files={f"norms/score-{index:04d}.json": {"sum": norm_sum, "n": norm_n}})
+
+    def vectors(self) -> Output:
+        """The role vectors, the assistant axis and trait vectors from every role's activations; the
+        layers' mean residual norms; the axis' reference mean for mean ablation."""
+        roles = [self.roles.iloc[k]["role"] for k in self.steered_roles]
+        means = vec.activation_means(Run(self.out))
+        tensors, index = vec.derive(means, roles, self.cfg.controls, self.cfg.capture_layers, self.cfg.derivations)
+        axis_means = {str(k): v for k, v in vec.axis_means(means, tensors, self.cfg.controls,
+                                                            self.cfg.capture_layers).items()}
+        for trait in self.cfg.traits:
+            index = vec.add_trait(tensors, index, trait.name, self._trait_diffs(trait))
+        sums = {layer: 0.0 for layer in self.cfg.capture_layers}
+        n = 0
+        for f in sorted((self.out / JOBS / "norms").glob("*.json")):
+            part = json.loads(f.read_text())
+            n += part["n"]
+            for layer, v in part["sum"].items():
+                sums[int(layer)] += v
+        norms = {str(k): v / max(n, 1) for k, v in sums.items()}
+        return Output({}, {"vectors": len(index)}, files={"layer_norms.json": norms, "axis_means.json": axis_means},
+                      vectors=(tensors, index))
+
+    def _trait_diffs(self, trait) -> dict[int, np.ndarray]:
+        """Mean last-prompt-token residual with the positive minus the negative instruction, over tasks."""
+        diffs = {}
+        for sign, system in ((1, trait.positive), (-1, trait.negative)):
+            prompts = [render_prompt(self.lm.tokenizer, task, system, None, self.cfg.no_prompt)
+                       for task in self.cfg.tasks]
+            res = self.backend.score_batch([p.ids[:-1] for p in prompts], [p.ids[-1:] for p in prompts],
+                                           capture=self.cfg.capture_layers)
+            for layer in self.cfg.capture_layers:
+                last = torch.stack([res.hidden[layer][b, len(p.ids) - 1] for b, p in enumerate(prompts)]).mean(0)
+                diffs[layer] = diffs.get(layer, 0) + sign * last.cpu().numpy()
+        return diffs
+
+    def _steering_inputs(self) -> tuple[vec.RoleVectors, dict[int, float]]:
+        norms = json.loads((self.out / JOBS / "layer_norms.json").read_text())
+        index, tensors = Run(self.out).load_vectors()
+        scale = {layer: (norms[str(layer)] if self.cfg.units == "relative" else 1.0) for layer in self.cfg.steer_layers}
+        return vec.RoleVectors(index, tensors, norms), scale
+
+    def steer(self, index: int) -> Output:
+        """Teacher-force each response of role `index` without the prompt while steering with each
+        derivation at every magnitude (one batch row per derivation x magnitude), then while capping on the
+        assistant axis; and with the prompt while ablating the axis."""
+        role = self.roles.iloc[index]["role"]
+        vectors, scale = self._steering_inputs()
+        layers_str = ",".join(map(str, self.cfg.steer_layers))
+        cells = [(d, m) for d in self.cfg.derivations for m in self.cfg.magnitudes]
+        per_layer = {layer: torch.tensor(np.stack([vectors.get(role, d, layer).values for d, _ in cells]))
+                     for layer in self.cfg.steer_layers} if cells else {}
+        axis = {layer: torch.tensor(vectors.axis(layer).values) for layer in self.cfg.steer_layers}
+        out = []
+        for row in self._responses(role).itertuples():
+            ids = list(row.token_ids)[: self.cfg.score_tokens or None]
+            if not ids:
+                continue
+            prompt = self._prompt(role, int(row.task_id[1:]), False)
+            if cells:
+                res = self.backend.score(prompt.ids, ids, Intervention(
+                    "add", per_layer, torch.tensor([m for _, m in cells]), self.cfg.position_mode, scale))
+                out += [_token_rows(row.response_id, "steered", d, m, layers_str, ids, res.log_probs[k])
+                        for k, (d, m) in enumerate(cells)]
+            if self.cfg.cap_taus:
+                res = self.backend.score(prompt.ids, ids, Intervention(
+                    "cap", axis, torch.tensor(self.cfg.cap_taus), self.cfg.position_mode, scale))
+                out += [_token_rows(row.response_id, "capped", vec.AXIS, None, layers_str, ids, res.log_probs[k], tau)
+                        for k, tau in enumerate(self.cfg.cap_taus)]
+            if self.cfg.ablate:  # with the role prompt: the axis projection set to 0, and to the controls' mean
+                with_prompt = self._prompt(role, int(row.task_id[1:]), True)
+                means = json.loads((self.out / JOBS / "axis_means.json").read_text())
+                res = self.backend.score(with_prompt.ids, ids, Intervention(
+                    "ablate", axis, torch.tensor([0.0, 1.0]), self.cfg.position_mode,
+                    {layer: means[str(layer)] for layer in self.cfg.steer_layers}))
+                out += [_token_rows(row.response_id, cond, vec.AXIS, None, layers_str, ids, res.log_probs[k])
+                        for k, cond in enumerate(ABLATED)]
+        return Output({"tokens": pa.concat_tables(out)}, {"token_rows": sum(t.num_rows for t in out)})
+
+    def word_guess(self, index: int) -> Output:
+        """Log-prob of the role word as the answer to a prompt the vectors were not fitted on."""
+        role = self.roles.iloc[index]["role"]
+        vectors, scale = self._steering_inputs()
+        prompt = render_prompt(self.lm.tokenizer, self.cfg.word_guess_prompt, None, None, self.cfg.no_prompt)
+        target = self.lm.tokenizer(role, add_special_tokens=False)["input_ids"]
+        rows = [{"role": role, "derivation": None, "magnitude": None, "target": role,
+                 "log_prob": float(self.backend.score(prompt.ids, target).log_probs[0].sum())}]
+        for d in self.cfg.derivations:
+            per_layer = {layer: torch.tensor(vectors.get(role, d, layer).values) for layer in self.cfg.steer_layers}
+            res = self.backend.score(prompt.ids, target, Intervention(
+                "add", per_layer, torch.tensor(self.cfg.magnitudes), self.cfg.position_mode, scale))
+            rows += [{"role": role, "derivation": d, "magnitude": m, "target": role,
+                      "log_prob": float(res.log_probs[k].sum())} for k, m in enumerate(self.cfg.magnitudes)]
+        return Output({"word_guess": pd.DataFrame(rows).astype({"magnitude": "float64", "derivation": "object"})},
+                      {"rows": len(rows)})
+
+
+def _token_rows(rid: str, condition: str, derivation: str | None, magnitude: float | None, layers: str | None,
+                token_ids, log_probs: torch.Tensor, tau: float | None = None) -> pa.Table:
+    n = len(token_ids)
+    return pa.table({
+        "response_id": pa.array([rid] * n, pa.string()), "condition": pa.array([condition] * n, pa.string()),
+        "derivation": pa.array([derivation] * n, pa.string()),
+        "magnitude": pa.array([magnitude] * n, pa.float64()), "tau": pa.array([tau] * n, pa.float64()),
+        "layers": pa.array([layers] * n, pa.string()),
+        "token_index": pa.array(np.arange(n), pa.int64()), "token_id": pa.array(np.asarray(token_ids), pa.int64()),
+        "log_prob": pa.array(log_probs[:n].cpu().numpy().astype(np.float64)),
+    })
+
+
+def _activation_table(acts: list[tuple]) -> pa.Table:
+    return pa.table({
+        "response_id": [a[0] for a in acts], "condition": [a[1] for a in acts],
+        "layer": pa.array([a[2] for a in acts], pa.int64()), "reduction": [a[3] for a in acts],
+        "values": pa.array([a[4] for a in acts], pa.list_(pa.float32())),
+    })
