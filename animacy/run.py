@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -111,7 +112,11 @@ class Run:
         if single.exists():
             return [single]
         folder = self.path / name
+        if folder.exists() and not folder.is_dir():
+            raise DataError(folder, f"is a file, but the {name} table is a folder of Parquet parts (or {name}.parquet)")
         if folder.is_dir():
+            if not os.access(folder, os.R_OK | os.X_OK):
+                raise DataError(folder, "cannot be read (permission denied), so its table cannot be checked")
             return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
         return []
 

@@ -111,6 +111,8 @@ PARQUET_CASES = {
         run / "responses.parquet", lambda t: _set(t, 4, "role", "ghost")),
         "responses.parquet", "role", 5, "does not have"),
     "missing manifest": (lambda run: (run / "manifest.json").unlink(), "run", None, None, "manifest.json"),
+    "a table folder that is a file": (lambda run: (shutil.rmtree(run / "tokens"), (run / "tokens").write_text("x")),
+                                      "tokens", None, None, "is a file"),
     "manifest not an object": (lambda run: (run / "manifest.json").write_text("[1, 2]"), "manifest.json", None, None,
                                "not an object"),
     "NaN inside an activation vector": (lambda run: _rewrite_part(
