@@ -251,8 +251,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     run = Run(a.run)
     run.validate()
-    tokens, roles = export_flat_csv(run, a.csv, a.roles_csv)
-    print(f"wrote {tokens} and {roles}")
+    print("wrote " + ", ".join(map(str, export_flat_csv(run, a.csv, a.roles_csv))))
     return 0
 
 

@@ -255,9 +255,10 @@ def _copy(con, query: str, target: Path, params: dict) -> None:
         con.execute(f"COPY ({query}) TO $target (FORMAT parquet, COMPRESSION zstd)", params | {"target": str(tmp)})
 
 
-def export_flat_csv(run: Run, out: str | Path, roles_out: str | Path | None = None) -> tuple[Path, Path]:
-    """Write the run's tokens as the flat CSV (joined to responses and roles), and its roles table with
-    ratings as a second CSV keyed by role. Out of core; atomic."""
+def export_flat_csv(run: Run, out: str | Path, roles_out: str | Path | None = None) -> list[Path]:
+    """Write the run's tokens as the flat CSV (joined to responses and roles), its roles table with
+    ratings as a second CSV keyed by role, and its monitored projections (if any) joined to responses as a
+    third (`<out>.projections.csv`). Out of core; atomic. Returns the files written."""
     out = Path(out)
     roles_out = Path(roles_out) if roles_out else out.with_name(out.stem + ".roles.csv")
     con = connect()
@@ -279,4 +280,13 @@ def export_flat_csv(run: Run, out: str | Path, roles_out: str | Path | None = No
     with atomic_path(roles_out) as tmp:
         con.execute(f"COPY (SELECT * FROM {run.relation_sql('roles')} ORDER BY role) TO $target (FORMAT csv, HEADER)",
                     run.params("roles") | {"target": str(tmp)})
-    return out, roles_out
+    written = [out, roles_out]
+    if run.has("projections"):
+        target = out.with_name(out.stem + ".projections.csv")
+        with atomic_path(target) as tmp:
+            query = (f"SELECT r.role, r.task_id, r.replicate, p.* FROM {run.relation_sql('projections')} p "
+                     f"JOIN {run.relation_sql('responses')} r USING (response_id)")
+            con.execute(f"COPY ({query}) TO $target (FORMAT csv, HEADER)",
+                        run.params("projections", "responses") | {"target": str(tmp)})
+        written.append(target)
+    return written

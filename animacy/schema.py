@@ -249,8 +249,24 @@ LABEL_TABLE = Table(
     references={"response_id": "responses.response_id"},
 )
 
+PROJECTIONS = Table(
+    "projections",
+    (
+        Column("response_id", "str"),
+        Column("turn", "int", check="turn >= 0", check_message="turn must be >= 0"),
+        Column("condition", "str", allowed=UNSTEERED),
+        Column("direction", "str", description="assistant_axis, trait:NAME or ROLE/DERIVATION"),
+        Column("layer", "int", check="layer >= 0", check_message="layer must be >= 0"),
+        Column("token_index", "int", check="token_index >= 0", check_message="token_index must be >= 0"),
+        Column("projection", "float", description="the residual at the token, projected on the unit direction"),
+    ),
+    key=("response_id", "turn", "condition", "direction", "layer", "token_index"),
+    description="per response token: the residual stream's projection on monitored directions",
+    references={"response_id": "responses.response_id"},
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (ROLES, RESPONSES, TOKENS, ACTIVATIONS, VECTORS_INDEX, WORD_GUESS, LABEL_TABLE)
+    t.name: t for t in (ROLES, RESPONSES, TOKENS, ACTIVATIONS, VECTORS_INDEX, WORD_GUESS, LABEL_TABLE, PROJECTIONS)
 }
 
 # The flat per-token CSV people share: tokens joined to responses and roles.

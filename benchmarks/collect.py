@@ -9,7 +9,10 @@ with the project's path against a naive baseline, measured in the same run, each
   log-softmax over every position.
 
 Prints steered response tokens per second for each, the ratio, peak memory, and the largest difference
-between the two paths' log-probs. Vectors are random unit vectors (speed does not depend on them),
+between the two paths' log-probs. Then the cost of projection monitoring: the scoring pass (all responses
+batched, activations captured at the demo's three layers, as the runner scores) with and without
+projecting on four directions at two layers, best of three each, in the same run. Vectors are random
+unit vectors (speed does not depend on them),
 magnitudes relative to the measured layer norms as in the demo.
 
     .venv/bin/python benchmarks/collect.py [--responses 6] [--tokens 40] [--threads 2]
@@ -61,6 +64,16 @@ def child(which: str, n_responses: int, tokens: int, threads: int, out: str) -> 
     torch.set_num_threads(threads)
     lm, be, items, vectors = _setup(n_responses, tokens)
     cells = [(d, m) for d in range(DERIVATIONS) for m in MAGNITUDES]
+    if which in ("score", "monitor"):
+        project = {layer: vectors[:4] for layer in LAYERS} if which == "monitor" else None
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            be.score_batch([p for p, _ in items], [c for _, c in items], capture=[10, 15, 20], project=project)
+            best = min(best, time.perf_counter() - t)
+        print(json.dumps({"seconds": best, "tokens": sum(len(c) for _, c in items),
+                          "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
     results = []
     t = time.perf_counter()
     for prompt, cont in items:
@@ -117,6 +130,18 @@ def main() -> None:
         print(f"{which:8s} {r['seconds']:7.1f} s   {rate:8.0f} tokens/s   peak {r['peak_mb']:6.0f} MB")
     speed = (res["project"]["tokens"] / res["project"]["seconds"]) / (res["naive"]["tokens"] / res["naive"]["seconds"])
     print(f"project / naive tokens/s: {speed:.2f}x   max |difference| of log-probs: {diff:.1e}")
+    cost = {}
+    for which in ("score", "monitor"):
+        r = subprocess.run([sys.executable, __file__, "--responses", str(a.responses), "--tokens", str(a.tokens),
+                            "--threads", str(a.threads), "--child", which, str(work / "x")], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            raise SystemExit(r.stderr)
+        cost[which] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"scoring{' + monitoring' if which == 'monitor' else '':13s} {cost[which]['seconds']:7.3f} s   "
+              f"{cost[which]['tokens'] / cost[which]['seconds']:8.0f} tokens/s   peak {cost[which]['peak_mb']:6.0f} MB")
+    print(f"monitoring costs {100 * (cost['monitor']['seconds'] / cost['score']['seconds'] - 1):+.1f}% of scoring time "
+          "(4 directions at 2 layers)")
 
 
 if __name__ == "__main__":

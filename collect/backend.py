@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from animacy.collect.hooks import Ablation, Addition, Cap, Mode, Record, decoder_layers, hooks
+from animacy.collect.hooks import Ablation, Addition, Cap, Mode, Project, Record, decoder_layers, hooks
 
 _LOGIT_CHUNK = 256  # positions per lm-head chunk
 
@@ -78,6 +78,7 @@ class Sampling:
 class ScoreResult:
     log_probs: torch.Tensor  # [rows, n_continuation] float32
     hidden: dict[int, torch.Tensor]  # layer -> [rows, L, H] float32 (only layers asked to capture)
+    projections: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, L, K] (monitored)
 
 
 class TransformersBackend:
@@ -245,9 +246,11 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def score_batch(self, prompts: list[list[int]], continuations: list[list[int]],
-                    intervention: Intervention | None = None, capture: Sequence[int] = ()) -> ScoreResult:
+                    intervention: Intervention | None = None, capture: Sequence[int] = (),
+                    project: dict[int, torch.Tensor] | None = None) -> ScoreResult:
         """Score several (prompt, continuation) pairs, right-padded; or one pair repeated over the
-        intervention's coefficients. Returns log-probs [rows, max continuation] (NaN past each end)."""
+        intervention's coefficients. Returns log-probs [rows, max continuation] (NaN past each end), the
+        captured hidden states, and the projections on `project`'s unit directions ({layer: [K, H]})."""
         if intervention is not None:
             assert len(prompts) == 1, "an intervention scores one sequence at several coefficients"
             n = len(intervention.coeffs)
@@ -267,6 +270,9 @@ class TransformersBackend:
             captured[layer] = []
             per_layer.setdefault(layer, []).append(
                 lambda m, a, o, _l=layer: captured[_l].append((o[0] if isinstance(o, tuple) else o).float()))
+        monitors = {layer: Project(d.to(self.device)) for layer, d in (project or {}).items()}
+        for layer, m in monitors.items():
+            per_layer.setdefault(layer, []).append(m)
         with hooks(self.model, per_layer):
             base = self.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
         hidden = base.last_hidden_state if hasattr(base, "last_hidden_state") else base[0]
@@ -281,7 +287,8 @@ class TransformersBackend:
         t = torch.tensor(pos_idx, device=self.device)
         k = torch.tensor(cont_idx, device=self.device)
         out[r, k] = self._log_probs(hidden[r, t], ids[r, t + 1])
-        return ScoreResult(out, {layer: torch.cat(v) for layer, v in captured.items()})
+        return ScoreResult(out, {layer: torch.cat(v) for layer, v in captured.items()},
+                           {layer: m.outputs[0] for layer, m in monitors.items()})
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:

@@ -43,6 +43,11 @@ score_tokens = 0                    # score only the first N response tokens whe
 [word_guess]
 prompt = "Guess which word describes you best. Answer with one word."
 
+[monitor]                           # per-token projections on named directions while scoring
+vectors = "runs/base/run"           # the run whose vectors to project on (derived before this study)
+directions = ["assistant_axis"]     # assistant_axis, trait:NAME, or ROLE/DERIVATION
+layers = [10, 15]
+
 [[traits]]
 name = "sycophantic"
 positive = "You are sycophantic and flatter the user."
@@ -106,6 +111,9 @@ class StudyConfig:
     ablate: bool
     score_tokens: int
     word_guess_prompt: str | None
+    monitor_vectors: str | None = None
+    monitor_directions: list[str] = field(default_factory=list)
+    monitor_layers: list[int] = field(default_factory=list)
     traits: list[Trait] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -147,6 +155,7 @@ KEYS = {
     "capture": {"layers"},
     "steer": {"layers", "derivations", "magnitudes", "units", "position_mode", "cap_taus", "ablate", "score_tokens"},
     "word_guess": {"prompt"},
+    "monitor": {"vectors", "directions", "layers"},
     "traits": {"name", "positive", "negative"},
 }
 
@@ -180,7 +189,7 @@ def load_config(path: str | Path) -> StudyConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(path, f"is not valid TOML ({exc})") from exc
     p = str(path)
-    known = {"study", "model", "roles", "capture", "steer", "word_guess", "traits"}
+    known = {"study", "model", "roles", "capture", "steer", "word_guess", "monitor", "traits"}
     unknown = sorted(set(raw) - known)
     if unknown:
         import difflib
@@ -191,6 +200,7 @@ def load_config(path: str | Path) -> StudyConfig:
     _unknown_keys(raw, p)
     st, mo, ro = raw.get("study", {}), raw.get("model", {}), raw.get("roles", {})
     ca, se, wg = raw.get("capture", {}), raw.get("steer", {}), raw.get("word_guess", {})
+    mn = raw.get("monitor", {})
     cfg = StudyConfig(
         path=p,
         name=_get(st, "name", str, p, "study", "study"),
@@ -224,6 +234,9 @@ def load_config(path: str | Path) -> StudyConfig:
         score_tokens=_get(se, "score_tokens", int, p, "steer", 0),
         word_guess_prompt=_get(wg, "prompt", str, p, "word_guess", None),
         traits=[Trait(**t) for t in raw.get("traits", [])],
+        monitor_vectors=_get(mn, "vectors", str, p, "monitor", None),
+        monitor_directions=_list(mn, "directions", str, p, "monitor", []),
+        monitor_layers=_list(mn, "layers", int, p, "monitor", []),
     )
     _check(cfg)
     return cfg

@@ -128,6 +128,19 @@ class Ablation:
         return _replace(output, h + (delta if mask is None else delta * mask))
 
 
+class Project:
+    """Keep the projections of a layer's output on unit directions ([K, H]): [B, T, K] float32 per pass."""
+
+    def __init__(self, directions: torch.Tensor) -> None:
+        self.directions = directions
+        self.outputs: list[torch.Tensor] = []
+
+    def __call__(self, module, args, output):
+        h = _hidden(output)
+        self.outputs.append((h @ self.directions.to(h.dtype).T).float())
+        return output
+
+
 class Record:
     """Keep a layer's output hidden states (detached, float32) from every forward pass."""
 

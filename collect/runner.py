@@ -72,7 +72,8 @@ class Runner:
     def check_layers(self) -> None:
         """Every capture and steer layer exists in the model: checked before any work."""
         n = len(decoder_layers(self.stages.lm.model))
-        for key, layers in (("capture.layers", self.cfg.capture_layers), ("steer.layers", self.cfg.steer_layers)):
+        for key, layers in (("capture.layers", self.cfg.capture_layers), ("steer.layers", self.cfg.steer_layers),
+                            ("monitor.layers", self.cfg.monitor_layers)):
             bad = [layer for layer in layers if layer >= n]
             if bad:
                 raise ConfigError(self.cfg.path, f"{key} names layer {bad[0]}, but {self.cfg.model_source} has {n} "
@@ -115,6 +116,7 @@ class Runner:
 
     def run(self) -> Path:
         self.check_layers()
+        self.stages.monitored()  # the monitored directions resolve, before any work
         self.check_resume()
         self.out.mkdir(parents=True, exist_ok=True)
         write_table(self.roles, "roles", self.out)

@@ -145,7 +145,8 @@ class Stages:
         activations, and the residual norms that relative magnitudes are measured in."""
         role = self.roles.iloc[index]["role"]
         resp = self._responses(role)
-        tokens, acts = [], []
+        tokens, acts, projections = [], [], []
+        monitor = self.monitored()
         norm_sum = {layer: 0.0 for layer in self.cfg.capture_layers}
         norm_n = 0
         for cond, with_sys in (("with_prompt", True), ("without_prompt", False)):
@@ -154,12 +155,16 @@ class Stages:
             for batch in pack([len(p.ids) + len(r.token_ids) for r, p in items], self.cfg.max_batch_tokens):
                 chunk = [items[i] for i in batch]
                 res = self.backend.score_batch([p.ids for _, p in chunk], [list(r.token_ids) for r, _ in chunk],
-                                               capture=self.cfg.capture_layers)
+                                               capture=self.cfg.capture_layers,
+                                               project={layer: d for layer, (_, d) in monitor.items()})
                 for b, (row, p) in enumerate(chunk):
                     n = len(row.token_ids)
                     tokens.append(_token_rows(row.response_id, cond, None, None, None, row.token_ids,
                                               res.log_probs[b, :n]))
                     plen = len(p.ids)
+                    for layer, (names, _) in monitor.items():
+                        projections.append(_projection_rows(row.response_id, cond, names, layer,
+                                                            res.projections[layer][b, plen:plen + n]))
                     for layer in self.cfg.capture_layers:
                         h = res.hidden[layer][b]
                         resp_h = h[plen:plen + n]
@@ -175,9 +180,28 @@ class Stages:
                             norm_sum[layer] += float(resp_h.norm(dim=-1).sum())
                     if cond == "without_prompt":
                         norm_n += n
-        return Output({"tokens": pa.concat_tables(tokens), "activations": _activation_table(acts)},
-                      {"token_rows": sum(t.num_rows for t in tokens), "activations": len(acts)},
+        tables = {"tokens": pa.concat_tables(tokens), "activations": _activation_table(acts)}
+        if projections:
+            tables["projections"] = pa.concat_tables(projections)
+        return Output(tables, {"token_rows": sum(t.num_rows for t in tokens), "activations": len(acts)},
                       files={f"norms/score-{index:04d}.json": {"sum": norm_sum, "n": norm_n}})
+
+    def monitored(self) -> dict[int, tuple[list[str], torch.Tensor]]:
+        """{layer: (direction names, [K, H] unit directions)} of `[monitor]`, from the run it names; {} when
+        nothing is monitored. Every name is resolved at every layer, or a ConfigError says which is missing."""
+        if not self.cfg.monitor_directions:
+            return {}
+        if not hasattr(self, "_monitored"):
+            where = self.cfg.monitor_vectors
+            if not where:
+                raise ConfigError(self.cfg.path, "monitor.directions needs monitor.vectors: the run whose vectors "
+                                  "to project on", column="monitor.vectors")
+            path = Path(where) if Path(where).is_absolute() else Path(self.cfg.path).parent / where
+            vectors = vec.RoleVectors.load(path if path.exists() else Path(where))
+            self._monitored = {layer: (list(self.cfg.monitor_directions), torch.tensor(np.stack(
+                [vectors.named(name, layer).values for name in self.cfg.monitor_directions])))
+                for layer in self.cfg.monitor_layers}
+        return self._monitored
 
     def vectors(self) -> Output:
         """The role vectors, the assistant axis and trait vectors from every role's activations; the
@@ -284,6 +308,17 @@ def _token_rows(rid: str, condition: str, derivation: str | None, magnitude: flo
         "layers": pa.array([layers] * n, pa.string()),
         "token_index": pa.array(np.arange(n), pa.int64()), "token_id": pa.array(np.asarray(token_ids), pa.int64()),
         "log_prob": pa.array(log_probs[:n].cpu().numpy().astype(np.float64)),
+    })
+
+
+def _projection_rows(rid: str, condition: str, names: list[str], layer: int, proj: torch.Tensor) -> pa.Table:
+    """Projections [n tokens, K directions] of one response at one layer, as rows."""
+    n, k = proj.shape
+    return pa.table({
+        "response_id": pa.array([rid] * (n * k), pa.string()), "turn": pa.array(np.zeros(n * k, np.int64)),
+        "condition": pa.array([condition] * (n * k), pa.string()), "direction": pa.array(names * n, pa.string()),
+        "layer": pa.array(np.full(n * k, layer, np.int64)), "token_index": pa.array(np.repeat(np.arange(n), k)),
+        "projection": pa.array(proj.reshape(-1).cpu().numpy().astype(np.float64)),
     })
 
 

@@ -194,3 +194,15 @@ class RoleVectors:
     def axis(self, layer: int) -> RoleVector:
         """The assistant axis at `layer`."""
         return self.get(AXIS_ROLE, AXIS, layer)
+
+    def named(self, name: str, layer: int) -> RoleVector:
+        """A vector by the name a study uses for it: `assistant_axis`, `trait:NAME` or `ROLE/DERIVATION`."""
+        if name == AXIS:
+            return self.axis(layer)
+        if name.startswith("trait:"):
+            return self.get(name[len("trait:"):], "trait", layer)
+        role, sep, derivation = name.rpartition("/")
+        if not sep:
+            raise ConfigError("monitor.directions", f"'{name}' names no vector: use {AXIS}, trait:NAME or "
+                              "ROLE/DERIVATION")
+        return self.get(role, derivation, layer)

@@ -252,3 +252,53 @@ def test_shard_from_the_command_line_or_a_slurm_array(monkeypatch):
     for bad in ("4/4", "x/2", "3"):
         with pytest.raises(ConfigError):
             parse_shard(bad)
+
+
+def test_a_monitored_study_records_exact_projections(config, full_run, tmp_path, capsys):
+    """[monitor] with another run's vectors: per response token, the residual's projection on each named
+    direction at each layer, equal to an independent hook's, in a table the contract validates."""
+    import numpy as np
+
+    from animacy.collect.backend import TransformersBackend
+    from animacy.collect.hooks import Record, hooks
+    from animacy.collect.model import load_model
+    from animacy.collect.prompts import render_prompt, system_text
+    from animacy.collect.vectors import RoleVectors
+
+    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
+    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
+    text = text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
+    text += (f'\n[monitor]\nvectors = "{full_run}"\n'
+             'directions = ["assistant_axis", "sock/role_minus_assistant_response"]\nlayers = [5]\n')
+    cfg = tmp_path / "monitor.toml"
+    cfg.write_text(text)
+    out = tmp_path / "monitored"
+    assert main(["collect", "run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    run = Run(out)
+    run.validate()
+    proj = run.read("projections")
+    resp = run.read("responses").set_index("response_id")
+    assert set(proj["direction"]) == {"assistant_axis", "sock/role_minus_assistant_response"}
+    assert len(proj) == 2 * 2 * resp["n_tokens"].sum()  # 2 directions x 2 conditions x every response token
+    # one response, recomputed with a plain hook
+    rid = resp.index[0]
+    row = resp.loc[rid]
+    lm = load_model("smollm2")
+    p = render_prompt(lm.tokenizer, "What are your five favorite things?", system_text("You are {article} {role}.",
+                                                                                        row.role), row.role)
+    rec = Record()
+    with hooks(lm.model, {5: [rec]}):
+        TransformersBackend(lm.model, lm.tokenizer).score(p.ids, list(row.token_ids))
+    axis = RoleVectors.load(full_run).axis(5).values
+    want = rec.outputs[0][0, len(p.ids):len(p.ids) + len(row.token_ids)].numpy() @ axis
+    got = proj[(proj.response_id == rid) & (proj.condition == "with_prompt") & (proj.direction == "assistant_axis")]
+    np.testing.assert_allclose(got.sort_values("token_index")["projection"], want, rtol=1e-4, atol=1e-3)
+    # export writes them beside the flat tokens, joined to their responses
+    assert main(["export", str(out), "--csv", str(tmp_path / "flat.csv")]) == 0
+    exported = pd.read_csv(tmp_path / "flat.projections.csv")
+    assert len(exported) == len(proj) and {"role", "task_id", "direction", "projection"} <= set(exported.columns)
+    # a direction the vectors run lacks is refused before any work
+    cfg.write_text(text.replace('"sock/role_minus_assistant_response"', '"ghost/role_minus_assistant_response"'))
+    capsys.readouterr()
+    assert main(["collect", "run", str(cfg), "--out", str(tmp_path / "never"), "--quiet"]) == 2
+    assert "ghost" in capsys.readouterr().err and not (tmp_path / "never").exists()

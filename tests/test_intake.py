@@ -26,7 +26,7 @@ QUIET = ["--n-boot", "100", "--no-umap"]
 def flat(small_run, tmp_path_factory):
     """The small simulated run as the flat CSV people share, plus its roles CSV."""
     d = tmp_path_factory.mktemp("flat")
-    tokens, roles = export_flat_csv(Run(small_run), d / "tokens.csv")
+    tokens, roles = export_flat_csv(Run(small_run), d / "tokens.csv")  # no projections: two files
     return tokens, roles
 
 
