@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from animacy.collect.hooks import Ablation, Addition, Cap, Mode, Project, Record, decoder_layers, hooks
@@ -118,9 +119,9 @@ class TransformersBackend:
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
                         top_p: float = 1.0) -> list[Generation]:
-        """Sample a batch of responses (left-padded, with a KV cache), each row from its own seeded
-        generator, so a response depends on its seed, not on its batch's other rows (bar rare float
-        near-ties between differently padded batches)."""
+        """Sample a batch of responses (left-padded, with a KV cache), each row's token at step k drawn with
+        the counter-based uniform of (its seed, k), so a response depends on its seed, not on its batch's
+        other rows (bar rare float near-ties between differently padded batches)."""
         B, P = len(prompts), max(map(len, prompts))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((B, P), pad, dtype=torch.long, device=self.device)
@@ -128,18 +129,15 @@ class TransformersBackend:
         for b, p in enumerate(prompts):
             ids[b, P - len(p):] = torch.tensor(p, device=self.device)
             mask[b, P - len(p):] = 1
-        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
         out: list[list[int]] = [[] for _ in range(B)]
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         cache, step_ids = None, ids
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
             res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
             cache = getattr(res, "cache", None) or res.past_key_values
             logits = res.logits[:, -1].float()
-            nxt = torch.empty(B, dtype=torch.long, device=self.device)
-            for b in range(B):
-                nxt[b] = _sample(logits[b], temperature, top_p, gens[b])
+            nxt = sample_tokens(logits, temperature, top_p, counter_uniform(seeds, step))
             for b in range(B):
                 if not done[b]:
                     if int(nxt[b]) in self.eos:
@@ -291,16 +289,40 @@ class TransformersBackend:
                            {layer: m.outputs[0] for layer, m in monitors.items()})
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    """One token from one row's logits: greedy at temperature 0, else nucleus sampling with `gen`."""
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, element-wise on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        return z ^ (z >> np.uint64(31))
+
+
+def counter_uniform(seeds, step: int) -> np.ndarray:
+    """A uniform in [0, 1) for each seed at decoding step `step`: a counter-based draw that depends on
+    (seed, step) alone, never on the batch a response is sampled in or on any generator's state."""
+    keys = _splitmix(np.asarray(seeds, dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        bits = _splitmix(keys + np.uint64(step))
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, u: np.ndarray) -> torch.Tensor:
+    """One token per row of `logits` [B, V]: greedy at temperature 0, else the inverse CDF of the
+    (nucleus-truncated) softmax at each row's uniform `u` — every row at once, no loop over rows."""
     if temperature <= 0:
-        return logits.argmax()
-    probs = torch.softmax(logits / temperature, dim=-1)
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
     if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        keep = sorted_p.cumsum(0) - sorted_p < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return torch.multinomial(probs, 1, generator=gen)[0]
+        sorted_p = torch.where(sorted_p.cumsum(-1) - sorted_p < top_p, sorted_p, torch.zeros_like(sorted_p))
+    cdf = sorted_p.cumsum(-1)
+    target = torch.as_tensor(u, dtype=torch.float64, device=logits.device).unsqueeze(-1) * cdf[:, -1:]
+    pick = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
+    return order.gather(-1, pick).squeeze(-1)
 
 
 def pack(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

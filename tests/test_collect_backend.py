@@ -126,3 +126,25 @@ def test_batched_generation_is_seeded_per_response(smollm2, backend):
     assert a[1].ids == backend.generate(prompts[1], 12, 0.8, 2).ids, "nor on whether it has a batch at all"
     c = backend.generate_many(prompts, [4, 5, 6], Sampling(0.8, max_tokens=12))
     assert [g.ids for g in a] != [g.ids for g in c]
+
+
+def test_counter_based_draws_depend_on_seed_and_step_alone_and_sample_the_distribution():
+    """The sampler's uniform for (seed, step) is the same in any batch, uniform over seeds, and the inverse
+    CDF it feeds reproduces the softmax (and the renormalised nucleus) in frequency."""
+    import numpy as np
+
+    from animacy.collect.backend import counter_uniform, sample_tokens
+
+    seeds = np.arange(20_000)
+    u = counter_uniform(seeds, 7)
+    assert np.array_equal(counter_uniform(seeds[::-1], 7)[::-1], u)
+    assert counter_uniform([seeds[123]], 7)[0] == u[123] and not np.array_equal(counter_uniform(seeds, 8), u)
+    assert abs(u.mean() - 0.5) < 0.01 and np.allclose(np.quantile(u, [0.1, 0.5, 0.9]), [0.1, 0.5, 0.9], atol=0.01)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    logits = p.log().float().expand(len(seeds), -1)
+    for top_p, want in ((1.0, p.numpy()), (0.8, np.array([0.625, 0.375, 0.0, 0.0]))):
+        tokens = sample_tokens(logits, 1.0, top_p, u).numpy()
+        freq = np.bincount(tokens, minlength=4) / len(seeds)
+        se = np.sqrt(want * (1 - want) / len(seeds))
+        assert np.all(np.abs(freq - want) <= 4 * se + 1e-12), (top_p, freq, want)
+    assert (sample_tokens(logits, 0.0, 1.0, u) == 0).all()
