@@ -24,7 +24,7 @@ def _all_tokens(run: Run) -> pd.DataFrame:
 def test_simulated_run_is_valid_and_complete(small_run):
     run = Run(small_run)
     run.validate()
-    for name in TABLES:
+    for name in set(TABLES) - {"projections"}:  # projections come from monitored collections only
         assert run.has(name), name
     index, tensors = run.load_vectors()
     norms = [np.linalg.norm(tensors[t][r]) for t, r in zip(index["tensor"], index["row"])]
