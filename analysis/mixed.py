@@ -31,10 +31,12 @@ inference, converged, messages; terms named as patsy names them: `Intercept`, `g
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -178,14 +180,14 @@ def fit_by(data: pd.DataFrame, by: str, formula: str, backend: str = "python", r
 def fit_many(jobs: dict, backend: str = "python", reml: bool = True, family: str = "gaussian",
              keep_errors: bool = False) -> dict:
     """`fit_mixed` on each {key: (data, formula, source)}: {key: MixedFit}, in parallel processes (one per
-    core) with the python backend. Errors as in `fit_by`."""
+    core, kept for the session) with the python backend. Errors as in `fit_by`."""
     keys = list(jobs)
     args = [(data, formula, backend, reml, family, source) for data, formula, source in jobs.values()]
-    workers = min(len(args), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    if backend == "python" and workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_fit_job, args))
-    else:
+    pool = _pool() if backend == "python" and len(args) > 1 else None
+    try:
+        results = list(pool.map(_fit_job, args)) if pool is not None else [_fit_job(job) for job in args]
+    except BrokenProcessPool:  # a worker died (killed, out of memory): fit here instead, and start afresh
+        _shutdown()
         results = [_fit_job(job) for job in args]
     out = {}
     for key, res in zip(keys, results):
@@ -195,6 +197,32 @@ def fit_many(jobs: dict, backend: str = "python", reml: bool = True, family: str
                 raise res
         out[key] = res
     return out
+
+
+_POOL: ProcessPoolExecutor | None = None
+
+
+def _pool() -> ProcessPoolExecutor | None:
+    """One pool of fitting processes per session, one per core, started from a clean fork server (never
+    forked from this process, whose DuckDB, BLAS or numba threads a fork would copy half-way); None on one
+    core."""
+    global _POOL
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if _POOL is None and cores > 1:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" in methods:
+            ctx.set_forkserver_preload(["animacy.analysis.mixed", "animacy.analysis.mixed_engine"])
+        _POOL = ProcessPoolExecutor(cores, mp_context=ctx)
+        atexit.register(_shutdown)
+    return _POOL
+
+
+def _shutdown() -> None:
+    global _POOL
+    if _POOL is not None:
+        _POOL.shutdown(wait=False, cancel_futures=True)
+        _POOL = None
 
 
 def _fit_job(job: tuple):

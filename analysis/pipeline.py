@@ -28,7 +28,7 @@ from animacy.analysis.geometry import (
 )
 from animacy.analysis.groups import RULE, apply_rule
 from animacy.analysis.ratings import baselines, blup_slopes, rating_columns, rating_multilevel, rating_regressions
-from animacy.analysis.result import Analysis
+from animacy.analysis.result import Analysis, claim
 from animacy.analysis.steering import (
     SteeringModel,
     fit_steering,
@@ -70,6 +70,9 @@ def analyze(run: Run, out: str | Path | None = None, options: AnalyzeOptions | N
     data do not support is listed, with the reason, in its `skipped`. `source` names the input in the
     result (default: the run folder); an `out` holding another source's analysis is refused."""
     options = options or AnalyzeOptions()
+    source = source or str(run.path.resolve())
+    if out is not None:
+        claim(Path(out).resolve(), source)  # refuse another source's folder before the work, not after
     missing = run.check_complete(options.allow_incomplete)
     con = connect()
     has_tokens = run.has("tokens")
@@ -99,7 +102,7 @@ def analyze(run: Run, out: str | Path | None = None, options: AnalyzeOptions | N
     tables |= _other_tables(run, roles, options, supported, skipped)
     tables = {name: table for name, table in tables.items() if len(table.columns)}  # nothing to say: no file
     summary = {
-        "source": source or str(run.path.resolve()),
+        "source": source,
         "run_kind": run.manifest.get("kind"),
         "options": asdict(options),
         "group_rule": RULE,
