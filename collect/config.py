@@ -116,6 +116,15 @@ class StudyConfig:
     monitor_layers: list[int] = field(default_factory=list)
     traits: list[Trait] = field(default_factory=list)
 
+    def resolve(self, name: str) -> Path:
+        """A path the config names: as given if absolute, else beside the config file, else from the
+        working directory (the first that exists; beside the config where neither does)."""
+        path = Path(name)
+        if path.is_absolute():
+            return path
+        candidates = [Path(self.path).parent / path, Path.cwd() / path]
+        return next((c for c in candidates if c.exists()), candidates[0])
+
     def as_dict(self) -> dict:
         return asdict(self)
 

@@ -40,11 +40,7 @@ def study_roles(cfg: StudyConfig) -> pd.DataFrame:
             raise ConfigError(cfg.path, "each entry of roles.list needs role and group", column="roles.list")
         roles["is_control"] = False
     else:
-        table = Path(cfg.roles_table)
-        if not table.is_absolute():
-            candidates = [Path(cfg.path).parent / table, Path.cwd() / table]
-            table = next((c for c in candidates if c.exists()), candidates[0])
-        norms = read_norms(table)
+        norms = read_norms(cfg.resolve(cfg.roles_table))
         if cfg.per_group is None and "group" in norms:
             roles = norms[~norms.get("is_control", pd.Series(False, index=norms.index)).fillna(False).astype(bool)]
             roles = roles.assign(is_control=False)
@@ -90,6 +86,7 @@ class Stages:
         self.cfg, self.roles, self.out = cfg, roles, out
         self._lm: LoadedModel | None = None
         self._vllm: VLLMBackend | None = None
+        self._monitored: dict[int, tuple[list[str], torch.Tensor]] | None = None
 
     @property
     def lm(self) -> LoadedModel:
@@ -191,13 +188,11 @@ class Stages:
         nothing is monitored. Every name is resolved at every layer, or a ConfigError says which is missing."""
         if not self.cfg.monitor_directions:
             return {}
-        if not hasattr(self, "_monitored"):
-            where = self.cfg.monitor_vectors
-            if not where:
+        if self._monitored is None:
+            if not self.cfg.monitor_vectors:
                 raise ConfigError(self.cfg.path, "monitor.directions needs monitor.vectors: the run whose vectors "
                                   "to project on", column="monitor.vectors")
-            path = Path(where) if Path(where).is_absolute() else Path(self.cfg.path).parent / where
-            vectors = vec.RoleVectors.load(path if path.exists() else Path(where))
+            vectors = vec.RoleVectors.load(self.cfg.resolve(self.cfg.monitor_vectors))
             self._monitored = {layer: (list(self.cfg.monitor_directions), torch.tensor(np.stack(
                 [vectors.named(name, layer).values for name in self.cfg.monitor_directions])))
                 for layer in self.cfg.monitor_layers}
