@@ -140,7 +140,9 @@ class Runner:
         """The manifest; a resumed run keeps the original's config, hash, model, generation and provenance
         (and any recorded config changes), and updates only what the run adds: jobs planned and done, shards
         done, layer norms."""
-        norms_path, means_path = self.out / JOBS / "layer_norms.json", self.out / JOBS / "axis_means.json"
+        # what the vectors job measured, once it has run
+        measured = {key: json.loads((self.out / JOBS / f"{key}.json").read_text())
+                    for key in ("layer_norms", "axis_means") if (self.out / JOBS / f"{key}.json").exists()}
         markers = sorted(p.stem for p in (self.out / JOBS).glob("*.done")) if (self.out / JOBS).exists() else []
         shards = [m for m in markers if m.startswith("shard-")]
         jobs = {"planned": [j.id for j in self.jobs()], "done": [m for m in markers if not m.startswith("shard-")]}
@@ -149,9 +151,7 @@ class Runner:
             old = json.loads(existing.read_text())
             old["shards_done"] = shards
             old["jobs"] = jobs
-            old["layer_norms"] = json.loads(norms_path.read_text()) if norms_path.exists() else old.get("layer_norms")
-            old["axis_means"] = json.loads(means_path.read_text()) if means_path.exists() else old.get("axis_means")
-            write_json(old, existing)
+            write_json(old | measured, existing)
             return
         cfg = self.cfg.as_dict()
         write_json({
@@ -163,8 +163,7 @@ class Runner:
             "no_prompt": self.cfg.no_prompt, "magnitude_units": self.cfg.units,
             "generation": {"generator": self.cfg.generator, "batch": self.cfg.generation_batch,
                            "sampling": asdict(self.stages.sampling)},
-            "layer_norms": json.loads(norms_path.read_text()) if norms_path.exists() else None,
-            "axis_means": json.loads(means_path.read_text()) if means_path.exists() else None,
+            "layer_norms": measured.get("layer_norms"), "axis_means": measured.get("axis_means"),
             "jobs": jobs, "shards_done": shards, "provenance": provenance(),
         }, self.out / MANIFEST)
 

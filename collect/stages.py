@@ -249,6 +249,10 @@ class Stages:
         per_layer = {layer: torch.tensor(np.stack([vectors.get(role, d, layer).values for d, _ in cells]))
                      for layer in self.cfg.steer_layers} if cells else {}
         axis = {layer: torch.tensor(vectors.axis(layer).values) for layer in self.cfg.steer_layers}
+        if self.cfg.ablate:  # the projection each ablated row is set to: 0, and the controls' mean (per layer)
+            means = json.loads((self.out / JOBS / "axis_means.json").read_text())
+            ablate = Intervention("ablate", axis, torch.tensor([0.0, 1.0]), self.cfg.position_mode,
+                                  {layer: means[str(layer)] for layer in self.cfg.steer_layers})
         out = []
         for row in self._responses(role).itertuples():
             ids = list(row.token_ids)[: self.cfg.score_tokens or None]
@@ -265,12 +269,8 @@ class Stages:
                     "cap", axis, torch.tensor(self.cfg.cap_taus), self.cfg.position_mode, scale))
                 out += [_token_rows(row.response_id, "capped", vec.AXIS, None, layers_str, ids, res.log_probs[k], tau)
                         for k, tau in enumerate(self.cfg.cap_taus)]
-            if self.cfg.ablate:  # with the role prompt: the axis projection set to 0, and to the controls' mean
-                with_prompt = self._prompt(role, int(row.task_id[1:]), True)
-                means = json.loads((self.out / JOBS / "axis_means.json").read_text())
-                res = self.backend.score(with_prompt.ids, ids, Intervention(
-                    "ablate", axis, torch.tensor([0.0, 1.0]), self.cfg.position_mode,
-                    {layer: means[str(layer)] for layer in self.cfg.steer_layers}))
+            if self.cfg.ablate:  # with the role prompt
+                res = self.backend.score(self._prompt(role, int(row.task_id[1:]), True).ids, ids, ablate)
                 out += [_token_rows(row.response_id, cond, vec.AXIS, None, layers_str, ids, res.log_probs[k])
                         for k, cond in enumerate(ABLATED)]
         return Output({"tokens": pa.concat_tables(out)}, {"token_rows": sum(t.num_rows for t in out)})
