@@ -152,8 +152,9 @@ class _Factor:
         rows = np.broadcast_to(local + np.arange(k)[None, :, None], (L, k, k)).ravel()
         cols = np.broadcast_to(local + np.arange(k)[None, None, :], (L, k, k)).ravel()
         binv = sp.csr_matrix((inv.ravel(), (rows, cols)), shape=(L * k, L * k))
-        cross = A[rest][:, first]
-        schur = A[rest][:, rest].toarray() - (cross @ binv @ cross.T).toarray()
+        rows_rest = A[rest]
+        cross = rows_rest[:, first]
+        schur = rows_rest[:, rest].toarray() - (cross @ binv @ cross.T).toarray()
         c = linalg.cho_factor(schur, lower=True, check_finite=False) if len(rest) else None
         self._schur = (first, rest, binv, cross, c)
         self.logdet = float(logdets.sum()) + (2.0 * float(np.log(np.diag(c[0])).sum()) if c else 0.0)
@@ -403,13 +404,7 @@ def _binomial_vcov(H, nt, g: _Binomial, fac, w, Lam):
 # --------------------------------------------------------------------------------------------- shared
 
 
-_OPTIMIZERS = {
-    "L-BFGS-B": lambda bounds, nm_bounds, n: {"method": "L-BFGS-B", "bounds": bounds,
-                                              "options": {"maxiter": 2000, "ftol": 1e-9, "gtol": 1e-8}},
-    "Nelder-Mead": lambda bounds, nm_bounds, n: {"method": "Nelder-Mead", "bounds": nm_bounds,
-                                                 "options": {"maxfev": 300 * n, "xatol": 1e-6, "fatol": 1e-8,
-                                                             "adaptive": True}},
-}
+OPTIMIZERS = ("L-BFGS-B", "Nelder-Mead")  # in the order they are tried
 
 
 def _minimize(fun, x0: np.ndarray, lower: np.ndarray, both: bool = True):
@@ -420,7 +415,7 @@ def _minimize(fun, x0: np.ndarray, lower: np.ndarray, both: bool = True):
     Newton steps)."""
     tried: dict[str, float] = {}
     best = None
-    for name in _OPTIMIZERS if both else ["L-BFGS-B"]:
+    for name in OPTIMIZERS if both else OPTIMIZERS[:1]:
         x, f = _descend(fun, x0, lower, name, tried)
         derivs = None
         if both:
@@ -438,11 +433,16 @@ def _descend(fun, x0: np.ndarray, lower: np.ndarray, name: str, tried: dict[str,
     """One optimizer from `x0`, then restarts from inside for every variance left on its bound. Returns
     (x, criterion)."""
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
-    nm_bounds = [(lo if np.isfinite(lo) else -1e6, 1e6) for lo in lower]
-    res = optimize.minimize(fun, x0, **_OPTIMIZERS[name](bounds, nm_bounds, len(x0)))
+    if name == "L-BFGS-B":
+        kw = {"bounds": bounds, "options": {"maxiter": 2000, "ftol": 1e-9, "gtol": 1e-8}}
+    else:  # Nelder-Mead takes finite bounds only
+        kw = {"bounds": [(lo if np.isfinite(lo) else -1e6, 1e6) for lo in lower],
+              "options": {"maxfev": 300 * len(x0), "xatol": 1e-6, "fatol": 1e-8, "adaptive": True}}
+    res = optimize.minimize(fun, x0, method=name, **kw)
     tried[name] = float(res.fun)
     x, f = res.x, float(res.fun)
-    # polishing is left to the Newton steps: L-BFGS-B's forward differences cannot resolve the last digits
+    # the final polish is the Newton steps' (L-BFGS-B's forward differences cannot resolve the last digits);
+    # this short L-BFGS-B run only takes a restart off a bound
     polish = {"method": "L-BFGS-B", "bounds": bounds, "options": {"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9,
                                                                   "maxfun": 100 * len(x0)}}
     # A variance at zero is a stationary point of the deviance (it depends on θ through θ²), where a

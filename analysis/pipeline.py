@@ -208,10 +208,11 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions, suppor
     groups = roles.set_index("role")["group"]
     denied = None
     if supported["denial and AI-claim statistics"] is None:
-        labels = label_table(run.read("responses"), run.read("labels"), roles, options.label_method)
+        responses, labelled = run.read("responses"), run.read("labels")
+        labels = label_table(responses, labelled, roles, options.label_method)
         by_role, by_group = rates(labels, **boot)
         tables |= {"denial_rates_by_role.csv": by_role, "denial_rates_by_group.csv": by_group,
-                   "example_responses.csv": example_responses(run.read("responses"), run.read("labels"))}
+                   "example_responses.csv": example_responses(responses, labelled)}
         metrics, _ = evaluate()
         tables["classifier_validation.csv"] = metrics
         models = []
