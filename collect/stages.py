@@ -233,10 +233,11 @@ class Stages:
         return diffs
 
     def _steering_inputs(self) -> tuple[vec.RoleVectors, dict[int, float]]:
-        norms = json.loads((self.out / JOBS / "layer_norms.json").read_text())
         index, tensors = Run(self.out).load_vectors()
-        scale = {layer: (norms[str(layer)] if self.cfg.units == "relative" else 1.0) for layer in self.cfg.steer_layers}
-        return vec.RoleVectors(index, tensors, norms), scale
+        vectors = vec.RoleVectors(index, tensors, json.loads((self.out / JOBS / "layer_norms.json").read_text()))
+        scale = {layer: vec.magnitude_unit(vectors.layer_norms.get(layer), self.cfg.units, layer)
+                 for layer in self.cfg.steer_layers}
+        return vectors, scale
 
     def steer(self, index: int) -> Output:
         """Teacher-force each response of role `index` without the prompt while steering with each

@@ -128,6 +128,17 @@ def save(run_dir: Path, tensors: dict[str, np.ndarray], index: pd.DataFrame) -> 
     write_table(index, "vectors_index", run_dir)
 
 
+def magnitude_unit(layer_norm: float | None, units: str, layer: int) -> float:
+    """The size of one unit of magnitude at a layer: 1 in absolute units, the layer's mean residual norm in
+    relative ones (the study's `steer.units`)."""
+    if units not in ("absolute", "relative"):
+        raise ConfigError("units", f"'{units}' is not a unit of magnitude; choose absolute or relative")
+    if units == "relative" and layer_norm is None:
+        raise ConfigError("units", f"the run records no residual norm for layer {layer}, so a relative "
+                          "magnitude has no size")
+    return layer_norm if units == "relative" else 1.0
+
+
 @dataclass(frozen=True)
 class RoleVector:
     """One unit direction of a run at one layer: a role's vector of one derivation, the assistant axis, or
@@ -156,12 +167,7 @@ class RoleVector:
 
         from animacy.collect.hooks import Addition, hooks
 
-        if units not in ("absolute", "relative"):
-            raise ConfigError("units", f"'{units}' is not a unit of magnitude; choose absolute or relative")
-        if units == "relative" and self.layer_norm is None:
-            raise ConfigError("units", f"the run records no residual norm for layer {self.layer}, so a relative "
-                              "magnitude has no size")
-        scale = self.layer_norm if units == "relative" else 1.0
+        scale = magnitude_unit(self.layer_norm, units, self.layer)
         device = next(model.parameters()).device
         vector = torch.as_tensor(self.values, device=device)
         coeff = torch.tensor([float(magnitude) * scale], device=device)
