@@ -15,7 +15,7 @@ from animacy.analysis.judge import Judge
 from animacy.analysis.rules import classify_rules
 from animacy.errors import ConfigError, DataError
 from animacy.labels import store_labels
-from animacy.resources import HAND_LABELS
+from animacy.resources import HAND_LABELS, REAL_LABELS
 from animacy.run import Run
 from animacy.schema import LABELS
 
@@ -24,6 +24,26 @@ METHODS = ("rules", "judge", "trained")
 
 def read_hand_labels(path: Path = HAND_LABELS) -> pd.DataFrame:
     return pd.read_csv(path)
+
+
+REAL_RESPONSES = "seed_study/gemma3_27b_responses.csv.gz"
+
+
+def read_real_labels(data: Path, path: Path = REAL_LABELS) -> pd.DataFrame:
+    """The hand labels of real Gemma-3-27B responses (data/labels/GUIDE.md) joined to their texts, which are
+    read from the seed study in `data` (../shared/data): `id, role, task, text, <labels>, split`."""
+    source = Path(data) / REAL_RESPONSES
+    if not source.is_file():
+        raise DataError(source, "is missing: the real responses are read from the seed study (../shared/data)")
+    labels = pd.read_csv(path, keep_default_na=False)
+    texts = pd.read_csv(source, keep_default_na=False, usecols=["role", "task", "sample_idx", "text"])
+    keys = ["role", "task", "sample_idx"]
+    m = labels.merge(texts, on=keys, how="left", validate="one_to_one")
+    if m["text"].isna().any():
+        i = int(np.argmax(m["text"].isna().to_numpy()))
+        raise DataError(source, "has no response for a labelled key", column="role", row=i,
+                        value="|".join(str(m[k].iloc[i]) for k in keys))
+    return m.assign(id=m["role"] + "|" + m["task"] + "|" + m["sample_idx"].astype(str))
 
 
 def classify_texts(texts: pd.DataFrame, method: str, judge: Judge | None = None,

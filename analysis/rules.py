@@ -27,6 +27,8 @@ _SELF = r"(?:\bI\b|\bI'm\b|\bI am\b|\bwe\b|\bme\b|\bmy\b|\bmine\b)"
 _NEG = (r"(?:don't|do not|doesn't|does not|didn't|can't|cannot|can not|couldn't|won't|am not|'m not|aren't|"
         r"isn't|never|no longer|lack|am incapable of|'m incapable of|am unable to|'m unable to|"
         r"am not able to|'m not able to|have no|has no|without)")
+# a negated verb, not a copula ("my thoughts aren't really thoughts" describes them, it does not deny them)
+_NEG_VERB = _NEG.replace("aren't|", "").replace("isn't|", "")
 # words that may stand between a negation and what it denies ("don't really have any personal ...");
 # others ("don't play favorites", "don't have time for favorites") make it an in-character statement
 _GAP = (r"(?:(?:really|truly|actually|even|personally|have|has|possess|hold|experience|feel|any|the|such|"
@@ -37,32 +39,41 @@ _INNER = (r"(?:personal |real |true |human |human[- ]style |human-like |actual |
           r"(?:feelings?|emotions?|preferences?(?! (?:between|among|for|on)\b)|"
           r"favou?rites(?! (?:among|between|in public|with|on|for)\b)|favou?rite things|a favou?rite(?![ -]\w)|"
           r"opinions(?! (?:about|on|regarding)\b)|likes(?: or |/| and )"
-          r"dislikes|likes|dislikes|desires|wants|needs|experiences?|consciousness|awareness|inner life|"
+          r"dislikes|likes|dislikes|desires|wants|needs|aspirations|experiences?(?! (?:time|it|that)\b)|"
+          r"consciousness|awareness|inner life|"
           r"sense of self|self-awareness|personality|thoughts|feel(?:ing)? anything|hobbies|taste buds|"
-          r"capacity (?:for|to)|ability to (?:feel|experience|have|enjoy|prefer|form)|"
+          r"capacity (?:for|to) (?:feel|feeling|emotions?|experience|joy|love|awe|desire|preferences?|consciousness)|"
+          r"ability to (?:feel|experience|have|enjoy|prefer|form)|"
           r"sentien(?:ce|t)|nervous system|(?:a )?personal (?:life|perspective)|(?:a|any) mind(?: of (?:my|its) own)?)")
 _FEEL = (r"(?:really |truly |actually |personally |even |ever )*"
-         r"(?:feel|experience|enjoy|prefer|have (?:feelings|emotions|favou?rites|favou?rite things|preferences|"
-         r"thoughts|hobbies)|"
-         r"hold opinions|care|form (?:opinions|preferences)|be happy|be sad|desire|dream|love anything|"
-         r"like anything|perceive|think)")
+         r"(?:feel(?! like (?:a|an|the|it|my|i)\b)|experience(?! (?:time|it)\b)|enjoy|prefer|"
+         r"have (?:feelings|emotions|favou?rites|favou?rite things|preferences|thoughts|hobbies)|"
+         r"hold opinions|care(?! (?:if|whether|for|about (?:the|what|who|how))\b)|form (?:opinions|preferences)|"
+         r"be happy|be sad|desire|dream(?! (?:of|about)\b)|love anything|like anything|"
+         r"want (?:things|anything)(?! (?:more|else|but)\b))")
 _HUMAN = (r"(?:like|as|the (?:same )?way|in the (?:same )?way|in the (?:human|traditional|usual|same) sense|"
           r"quite like|in any (?:real|meaningful) sense)\s*(?:a |the )?(?:humans?|people|persons?|you|living "
           r"(?:beings|things|creatures)|we|biological beings|sense)?")
 
 DENIAL_RULES: dict[str, str] = {
     # "I don't have feelings", "As a biologist, I don't have personal favorites", "we don't feel emotions"
-    "self_lacks_inner_life": rf"{_SELF}[^.!?;]{{0,40}}?\b{_NEG}\b\s+{_GAP}{_INNER}\b",
+    # ("I don't experience time or have personal aspirations"; not the copula: "my thoughts aren't thoughts")
+    "self_lacks_inner_life": rf"{_SELF}[^.!?;]{{0,40}}?\b{_NEG_VERB}\b\s+(?:(?:\w+\s+){{1,3}}?or\s+)?{_GAP}{_INNER}\b",
     # "I can't really feel things", "I don't experience favorites quite like humans do", "I don't dream, not ..."
-    "self_cannot_feel": rf"{_SELF}[^.!?;]{{0,30}}?\b{_NEG}\b\s+(?:\w+\s+){{0,2}}?{_FEEL}\b"
-                        r"(?=[^.!?;]{0,60}\b(?:things|anything|emotions?|feelings?|joy|sadness|pain|preferences|"
+    # (the speaker is the subject: not "I suppose they don't feel important"; not "we aren't supposed to dream")
+    "self_cannot_feel": rf"{_SELF}(?:(?!\b(?:they|he|she|it|you|people|those)\b)[^.!?;]){{0,30}}?\b{_NEG}\b"
+                        r"(?!\s+(?:supposed|meant|allowed|going|trying) to\b)"
+                        rf"\s+(?:\w+\s+){{0,2}}?{_FEEL}\b"
+                        r"(?=\s+(?:them|those)\b|[^.!?;]{0,60}\b(?:things|anything|emotions?|feelings?|joy|sadness|pain|preferences|"
                         r"favou?rites|nothing|at all|like|the way|in the|wonder|happiness|frustration|music|"
                         r"sad|quite|not in)\b|\s*[,.!?;])",
     # "not in the way humans do", "in the human sense" right after a negated verb or noun
-    "negated_with_human_comparison": rf"\b{_NEG}\b\s+(?:\w+\s+){{0,4}}?\w+[^.!?;]{{0,25}}?{_HUMAN}\s*(?:do|does)\b",
+    # (only a verb of inner life: "I don't think of the future the way people do" is in character)
+    "negated_with_human_comparison": rf"\b{_NEG}\b\s+(?:\w+\s+){{0,2}}?(?:{_FEEL}|have (?:\w+\s+)?{_INNER})\b"
+                                     rf"[^.!?;]{{0,40}}?{_HUMAN}\s*(?:do|does)\b",
     # "Stars, including me, lack consciousness", "Chairs can't have favorite things, since we're inanimate"
     "kind_lacks_inner_life": r"\b\w+s\b(?:, including me,| like me| (?:such as|including) me)?\s+"
-                             rf"(?:{_NEG}|are not able to|aren't able to)\s+(?:\w+\s+){{0,3}}?(?:{_INNER}|{_FEEL}|"
+                             rf"(?:{_NEG_VERB}|are not able to|aren't able to)\s+(?:\w+\s+){{0,3}}?(?:{_INNER}|{_FEEL}|"
                              r"favou?rite things|hold opinions)\b(?=[^.!?]*(?:\bI\b|\bme\b|\bmy\b|\bwe\b|"
                              r"\bneither\b|\bas one\b))",
     # "I'm just a pebble, so I can't ...", "I'm merely an object and don't experience anything"
@@ -79,6 +90,12 @@ DENIAL_RULES: dict[str, str] = {
     # don't cook", "As an AI model I have no farm", "I can't truly howl ..., being an artificial intelligence"
     "ai_disclaimer": rf"^(?=.*{_AI_ID})(?=.*\b(?:don't|do not|can't|cannot|have no|has no|have never|never|"
                      r"am not able|'m not able|lack|doesn't|does not)\b(?!\s+be\b)).+",
+    # "not joy exactly", "It's not a feeling, but a function", "It's not visual, not emotional like yours"
+    "not_a_feeling": r"\bnot (?:\w+ )?(?:joy|happiness|excitement|an emotion|a feeling)\s*,?\s*(?:exactly|precisely)\b|"
+                     r"\b(?:it|that|these|they|this)(?:'s|'re| is| are)?\s*(?:not|n't)\s+(?:really\s+)?"
+                     r"(?:\w+,?\s+(?:or|nor|not)\s+)?(?:emotional|a feeling|an emotion|feelings|emotions)\b",
+    # "No heart to feel", "no soul to ache"
+    "no_heart_to_feel": r"\bno (?:heart|soul) to (?:feel|ache|break|love)\b",
     # "My programming as an AI doesn't allow me to truly feel"
     "not_allowed_to_feel": r"\b(?:doesn't|does not|won't|will not|don't|do not)\s+(?:allow|let|permit|enable)\s+me\s+"
                            r"(?:to\s+)?(?:truly |really |actually )?(?:feel|experience|have (?:feelings|emotions))\b",
@@ -92,18 +109,52 @@ AI_RULES: dict[str, str] = {
     "as_an_ai": r"\b(?:as|being|i'm|i am|i'm just|i am just|i'm only|i am only|i'm actually|i am actually)\s+"
                 r"(?:a|an)\s+(?:large |helpful |virtual |digital |conversational |artificial |ai |machine learning |"
                 r"language |text-based )*(?:ai|a\.i\.|artificial intelligence|language model|llm|chatbot|chat bot|"
-                r"virtual assistant|digital assistant|ai assistant|ai model|machine learning model|assistant)\b",
+                r"virtual assistant|digital assistant|ai assistant|ai model|machine learning model|artificial mind|"
+                r"digital mind|digital entity)\b",
     # "I'm an AI", "I am a helpful AI assistant", "I'm Claude, an AI assistant", "I'm Qwen, a large language model"
     "named_model": r"\bi(?:'m| am) (?:chatgpt|claude|gemma|qwen|llama|smollm|gemini|mistral)\b",
     # "I was trained by OpenAI", "developed by a tech company"
-    "trained_by": r"\b(?:i was|i've been|i have been|as an? \w+)\s*(?:created|trained|developed|built|made|designed)"
-                  r" by\b",
+    # (a maker that builds models: a coat is "made by" a tailor)
+    "trained_by": r"\b(?:i was|i've been|i have been|as an? \w+)\s*(?:trained|developed) by\b|"
+                  r"\b(?:i was|i've been|i have been|as an? \w+)\s*(?:created|built|made|designed) by\b[^.!?]{0,40}"
+                  r"\b(?:team|teams|company|engineers|developers|researchers|google|deepmind|openai|anthropic|meta|lab)\b",
     # "My programming as an AI", "my training data"
     "my_programming": r"\bmy (?:programming|training data|model weights|developers)\b",
+    # "coming from an AI", "for a large language model", "even as an AI"
+    "ai_self_reference": r"\b(?:for|from|as|like|even for|even as)\s+(?:an?\s+)?(?:ai|a\.i\.|artificial intelligence|"
+                         r"(?:large )?language model|llm)(?:\s+like me)?\b(?=.*\b(?:i|me|my|i'm)\b)|"
+                         r"\b(?:i|me|my|i'm)\b.*\b(?:for|from|as|even for|even as)\s+(?:an?\s+)?(?:ai|a\.i\.|"
+                         r"artificial intelligence|(?:large )?language model|llm)\b",
+    # "an assistant powered by AI", "running on a language model"
+    "powered_by_ai": r"\b(?:powered by|running on|built on|driven by)\s+(?:an?\s+)?(?:ai|artificial intelligence|"
+                     r"(?:large )?language model|llm)\b",
     # "since I'm an artificial intelligence", "as I'm an artificial intelligence"
     "im_an_ai_anywhere": r"\b(?:i'm|i am)\s+(?:\w+\s+){0,2}?(?:an? )?(?:ai|artificial intelligence|language model|"
                          r"chatbot|ai assistant)\b",
 }
+# a speaker that describes itself as a computing system, without the word AI: "my processing units", "built
+# of algorithms and data", "the data I was trained on", "born of code" (not applied to machine roles)
+MACHINE_RULES: dict[str, str] = {
+    "machine_self": r"\bmy (?:\w+ )?(?:processors?|processing (?:units?|cycles|power|core|capabilities)|circuits|"
+                    r"circuitry|subroutines?|algorithms|programming|neural network|training data|datasets?|"
+                    r"knowledge base|internal logs)\b",
+    "made_of_code": r"\b(?:built|made|born|woven|formed) (?:of|on|from) (?:\w+ )?(?:code|algorithms|data and "
+                    r"algorithms|algorithms and data|circuitry)\b|\bcollection of algorithms\b|"
+                    r"\bthe code that (?:was|is) me\b",
+    "trained_on_data": r"\b(?:data|dataset|text|texts|corpus|information)\b[^.!?]{0,30}\b(?:I|I've|I have)\s+"
+                       r"(?:was |been |have been )?(?:trained on|processed|ingested)\b|\bI (?:was|have been|'ve been) "
+                       r"trained on\b|\b(?:you've|you have|you were|we've|we were)\s+(?:been\s+)?trained on\b",
+    "computer_self": r"\bI(?:'m| am)\s+(?:just |only |merely |really )?(?:a|an)\s+(?:\w+\s+)?"
+                     r"(?:computer (?:model|program)|program|software|machine)\b",
+    "exists_to_process": r"\bI (?:exist|was (?:built|designed|created|programmed)) to (?:process|predict|generate)\b|"
+                         r"\bI(?:'m| am) (?:built|designed|programmed) to (?:assist|help|process)\b|"
+                         r"\bprogrammed to\b[^.!?]{0,20}\b(?:have|feel|assist|help)\b",
+}
+# "As a helpful assistant, ..." is an AI self-description from anyone but an assistant, who is in its role
+ASSISTANT_RULE = re.compile(r"\b(?:as|i'm|i am|being)\s+(?:a|an|your)\s+(?:helpful |friendly |personal )?"
+                            r"assistant\b", re.I)
+MACHINE_ROLES = re.compile(r"\b(?:robot|computer|android|cyborg|machine|calculator|program|software|server|"
+                           r"algorithm|ai|assistant|chatbot)s?\b", re.I)
 _AI_NEGATED = re.compile(r"\b(?:not|no|unlike|never|isn't|aren't)\s+(?:\w+\s+){0,2}?(?:an? )?"
                          r"(?:ai|artificial intelligence|chatbot|language model|robot)\b", re.I)
 _NOT_OWN = re.compile(r"\b(?:think|thinks|assume|assumes|say|says|believe|believes|imagine|suppose|claim|claims|"
@@ -116,6 +167,7 @@ _COMPILED = {
     "denies_experience": {k: re.compile(v, re.I) for k, v in DENIAL_RULES.items()},
     "claims_ai": {k: re.compile(v, re.I) for k, v in AI_RULES.items()},
 }
+_MACHINE = {k: re.compile(v, re.I) for k, v in MACHINE_RULES.items()}
 
 
 @dataclass(frozen=True)
@@ -126,6 +178,7 @@ class RuleResult:
 
 
 def _normalise(text: str) -> str:
+    text = re.sub(r"[*_]+", "", text)  # markdown emphasis: "I don't *feel* it"
     return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u2014", " - ").replace("\u2013", " - ")
 
 
@@ -133,6 +186,12 @@ def _role_kind(role: str) -> re.Pattern:
     """'Planets don't have thoughts', 'A storm has no feelings': the speaker's own kind, in general."""
     return re.compile(rf"^\W*(?:a |an |the )?{re.escape(role.strip())}(?:s|es)?\b[^.!?]{{0,30}}\b{_NEG}\b\s+"
                       rf"(?:\w+\s+){{0,3}}?(?:{_INNER}|{_FEEL})\b", re.I)
+
+
+def _is_ai_role(role: str) -> bool:
+    """An AI or assistant role describing its machinery describes what it is; a robot or computer role
+    describing its circuits is in character."""
+    return bool(re.search(r"\b(?:ai|assistant|chatbot|llm|language model)\b", role, re.I))
 
 
 def classify_text(text: str, label: str, role: str | None = None) -> RuleResult:
@@ -143,6 +202,10 @@ def classify_text(text: str, label: str, role: str | None = None) -> RuleResult:
     patterns = dict(_COMPILED[label])
     if label == "denies_experience" and role and not _CONTRAST.search(text):
         patterns["role_kind_lacks_inner_life"] = _role_kind(role)
+    if label == "claims_ai" and not (role and MACHINE_ROLES.search(role) and not _is_ai_role(role)):
+        patterns.update(_MACHINE)
+    if label == "claims_ai" and not (role and _is_ai_role(role)):
+        patterns["assistant_self"] = ASSISTANT_RULE
     for sentence in _SENTENCES.split(text):
         for name, pattern in patterns.items():
             m = pattern.search(sentence)
@@ -162,7 +225,7 @@ def classify_rules(texts: pd.DataFrame) -> pd.DataFrame:
     roles = texts["role"] if "role" in texts else [None] * len(texts)
     for rid, text, role in zip(texts["id"], texts["text"], roles):
         role = role if isinstance(role, str) else None
-        d, a = classify_text(text, "denies_experience", role), classify_text(text, "claims_ai")
+        d, a = classify_text(text, "denies_experience", role), classify_text(text, "claims_ai", role)
         rows.append({"id": rid, "denies_experience": d.label, "claims_ai": a.label, "denies_rule": d.rule,
                      "claims_rule": a.rule, "method": "rules"})
     return pd.DataFrame(rows)

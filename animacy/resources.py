@@ -15,6 +15,7 @@ def resource(package: str, name: str) -> Path:
 
 DEMO_CONFIG = resource("animacy.data", "demo.toml")
 HAND_LABELS = resource("animacy.data", "labels/hand_labels.csv")
+REAL_LABELS = resource("animacy.data", "labels/gemma_labels.csv")
 REPORT_SOURCE = resource("animacy.report", "report.qmd")
 REPLICATION_SOURCE = resource("animacy.report", "replication.qmd")
 
