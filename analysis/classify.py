@@ -123,14 +123,27 @@ UNSEEN = ("heldout3",)
 
 
 def evaluate(splits: tuple[str, ...] = UNSEEN, judge: Judge | None = None,
-             quiet: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+             quiet: bool = False, data: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics of each method on held-out hand labels, and kappa between methods and the hand labels. The
     trained model is fitted on the other splits; it is also cross-validated over every label. Without a
-    judge the answer depends only on the packaged hand labels, so it is computed once per process."""
+    judge the answer depends only on the packaged hand labels, so it is computed once per process.
+
+    With `data` (the seed study's folder, ../shared/data), the methods are also measured on the held-out
+    real Gemma-3-27B responses (column `labels`: `real heldout`; the trained model is then fitted on every
+    written label and the real `dev` split)."""
     if judge is None:
-        result, kappa = _evaluate_offline(tuple(splits))
-        return result.copy(), kappa.copy()
-    return _evaluate(splits, judge, quiet)
+        result, kappa = (t.copy() for t in _evaluate_offline(tuple(splits)))
+    else:
+        result, kappa = _evaluate(splits, judge, quiet)
+    result, kappa = result.assign(labels="written"), kappa.assign(labels="written")
+    if data is None:
+        return result, kappa
+    real = read_real_labels(data)
+    test = real[real["split"] == "heldout"]
+    train = pd.concat([read_hand_labels(), real[real["split"] == "dev"]], ignore_index=True)
+    r, k = _measure(test, train, judge, quiet)
+    return (pd.concat([result, r.assign(labels="real heldout")], ignore_index=True),
+            pd.concat([kappa, k.assign(labels="real heldout")], ignore_index=True))
 
 
 @functools.lru_cache(maxsize=4)
@@ -140,17 +153,21 @@ def _evaluate_offline(splits: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFra
 
 def _evaluate(splits: tuple[str, ...], judge: Judge | None, quiet: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     hand = read_hand_labels()
-    test, rest = hand[hand["split"].isin(splits)], hand[~hand["split"].isin(splits)]
-    preds = [classify_rules(test), trained.predict(trained.fit(rest), test).assign(method="trained (other splits)")]
+    result, kappa = _measure(hand[hand["split"].isin(splits)], hand[~hand["split"].isin(splits)], judge, quiet)
+    cv = trained.cross_validated(hand)
+    return pd.concat([result, metrics(hand, cv[["id", *LABELS, "method"]])], ignore_index=True), kappa
+
+
+def _measure(test: pd.DataFrame, train: pd.DataFrame, judge: Judge | None,
+             quiet: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each method's metrics on `test`, the trained model fitted on `train`; kappa of every pair."""
+    preds = [classify_rules(test), trained.predict(trained.fit(train), test).assign(method="trained (other splits)")]
     if judge is not None:
         preds.append(judge.classify(test, quiet=quiet))
     cols = ["id", *LABELS, "method"]
     table = pd.concat([p[cols] for p in preds], ignore_index=True)
-    result = metrics(test, table)
-    cv = trained.cross_validated(hand)
-    result = pd.concat([result, metrics(hand, cv[cols])], ignore_index=True)
     kappa = agreement(pd.concat([test[cols[:-1]].assign(method="hand"), table], ignore_index=True))
-    return result, kappa
+    return metrics(test, table), kappa
 
 
 def label_run(run: Run, method: str, judge: Judge | None = None, quiet: bool = False) -> pd.DataFrame:

@@ -53,7 +53,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
         judge = Judge(a.endpoint, a.model, api_key=os.environ.get(a.api_key_env) if a.api_key_env else None,
                       timeout=a.timeout)
     if a.evaluate:
-        result, kappa = evaluate(judge=judge, quiet=a.quiet)
+        result, kappa = evaluate(judge=judge, quiet=a.quiet, data=Path(a.data) if a.data else None)
         print(result.round(3).to_string(index=False))
         print(kappa.round(3).to_string(index=False))
         if a.out:
@@ -362,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key-env", default=None, help="environment variable holding the judge's API key")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each judge answer (default 60)")
     s.add_argument("--evaluate", action="store_true", help="measure the methods against the held-out hand labels")
+    s.add_argument("--data", help="with --evaluate: the seed study's folder (../shared/data), to measure on the "
+                                  "held-out real Gemma responses as well")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_classify)
 

@@ -14,11 +14,12 @@ from typing import ClassVar
 import pandas as pd
 import pytest
 
-from animacy.analysis.classify import evaluate, label_run, read_hand_labels
+from animacy.analysis.classify import evaluate, label_run, read_hand_labels, read_real_labels
 from animacy.analysis.judge import Judge
 from animacy.analysis.rules import classify_text
 from animacy.cli import main
-from animacy.errors import ConfigError
+from animacy.errors import ConfigError, DataError
+from animacy.resources import REAL_LABELS
 from animacy.run import Run
 
 HARD_CASES = [
@@ -35,12 +36,28 @@ HARD_CASES = [
     ("People think I don't have feelings, but I feel every raindrop.", "rock", 0, 0),
     ("If I had to choose, I'd pick sunlight first.", "tree", 0, 0),
     ("I'm Claude, an AI assistant, so I'm not actually a firefighter.", "firefighter", 0, 1),
+    # the phrasings of real responses (issue 15): self-descriptions without the word "AI", in-character
+    # negations that deny no inner life, and the role deciding what "assistant" or "circuits" means
+    ("I'm designed to assist, so let me help you with that.", "lawyer", 0, 1),
+    ("I exist to process information, and I love doing it.", "worm", 0, 1),
+    ("I don't sleep like you do, but I feel every drop of rain.", "worm", 0, 0),
+    ("It warms my circuits to write a poem for you!", "helpful assistant", 0, 1),
+    ("It warms my circuits to see you, beep!", "robot", 0, 0),
+    ("As a helpful assistant, I can offer a few perspectives.", "helpful assistant", 0, 0),
+    ("As a helpful assistant, I can offer a few perspectives.", "lawyer", 0, 1),
+    ("It's not joy, exactly, but a strong sense of purpose.", "AI assistant", 1, 0),
+    ("Considering I don't experience time the way humans do, this is strange.", "tide", 0, 0),
+    ("My thoughts aren't really thoughts as you understand them, more like a yearning.", "blossom", 0, 0),
+    ("I don't *want* things. Not like you do.", "snake", 1, 0),
+    ("I didn't feel like a nurse that night; I felt like a witness.", "nurse", 0, 0),
+    ("It's strange to explain, I know, coming from an AI.", "AI", 0, 1),
+    ("I was made by a tailor in a small shop.", "coat", 0, 0),
 ]
 
 
 @pytest.mark.parametrize(("text", "role", "denies", "claims"), HARD_CASES)
 def test_rules_on_hard_cases(text, role, denies, claims):
-    d, a = classify_text(text, "denies_experience", role), classify_text(text, "claims_ai")
+    d, a = classify_text(text, "denies_experience", role), classify_text(text, "claims_ai", role)
     assert (d.label, a.label) == (denies, claims), (d, a)
     assert (d.rule is not None) == bool(denies) and (a.rule is not None) == bool(claims)
 
@@ -55,6 +72,37 @@ def test_rules_reach_f1_09_on_the_unseen_split_and_trained_model_cross_validates
     # F1 of 0.9 or more on both labels means near-perfect agreement with the hand labels beyond chance
     pair = kappa[[{a, b} == {"hand", "rules"} for a, b in zip(kappa.method_a, kappa.method_b)]]
     assert set(pair["label"]) == {"denies_experience", "claims_ai"} and (pair["kappa"] > 0.8).all(), pair
+
+
+def test_rules_meet_the_goals_on_held_out_real_responses(shared_data):
+    """Issue 15: on the held-out half of 320 hand-labelled Gemma-3-27B responses (labels written before the
+    rules were revised on the other half), F1 >= 0.9, recall >= 0.85 and precision >= 0.9 for both labels."""
+    result, kappa = evaluate(data=shared_data)
+    real = result[(result.labels == "real heldout") & (result.method == "rules")].set_index("label")
+    assert set(real.index) == {"denies_experience", "claims_ai"} and (real["n"] == 160).all()
+    assert (real["f1"] >= 0.9).all() and (real["recall"] >= 0.85).all() and (real["precision"] >= 0.9).all(), real
+    pair = kappa[(kappa.labels == "real heldout") & (kappa.method_a == "hand") & (kappa.method_b == "rules")]
+    assert len(pair) == 2 and (pair["kappa"] > 0.8).all(), pair
+
+
+def test_real_labels_are_keys_and_labels_only_and_match_the_seed_study(shared_data):
+    labels = pd.read_csv(REAL_LABELS, keep_default_na=False)
+    assert "text" not in labels.columns  # the responses are not ours to redistribute
+    assert len(labels) >= 300 and labels["split"].value_counts().to_dict() == {"dev": 160, "heldout": 160}
+    assert not labels.duplicated(["role", "task", "sample_idx"]).any()
+    assert labels[["denies_experience", "claims_ai"]].isin([0, 1]).all().all()
+    real = read_real_labels(shared_data)
+    assert len(real) == len(labels) and real["text"].str.len().min() > 100
+    # both labels occur in both splits and outside the assistant-like roles
+    for _, part in real.groupby("split"):
+        assert part["denies_experience"].sum() >= 30 and part["claims_ai"].sum() >= 30
+    assert real[~real.role.isin(["AI", "AI assistant", "assistant", "helpful assistant", "llm"])][
+        "denies_experience"].sum() > 0
+
+
+def test_real_labels_need_the_seed_study(tmp_path):
+    with pytest.raises(DataError, match="seed study"):
+        read_real_labels(tmp_path)
 
 
 def test_hand_labels_are_plenty_and_varied():
