@@ -171,9 +171,10 @@ def _measure(test: pd.DataFrame, train: pd.DataFrame, judge: Judge | None,
 
 
 def label_run(run: Run, method: str, judge: Judge | None = None, quiet: bool = False) -> pd.DataFrame:
-    """Label every response of a run and write them into its labels table, replacing that method's
-    earlier rows and keeping the other methods' (atomic)."""
-    responses = run.read("responses", ["response_id", "role", "text"]).rename(columns={"response_id": "id"})
+    """Label every response of a run (and every turn of its conversations) and write them into its labels
+    table, replacing that method's earlier rows and keeping the other methods' (atomic)."""
+    parts = [run.read(t, ["response_id", "role", "text"]) for t in ("responses", "conversations") if run.has(t)]
+    responses = pd.concat(parts, ignore_index=True).rename(columns={"response_id": "id"})
     responses = responses[responses["text"].notna()]
     pred = classify_texts(responses, method, judge, quiet)
     name = pred["method"].iloc[0] if len(pred) else method

@@ -257,8 +257,10 @@ def _copy(con, query: str, target: Path, params: dict) -> None:
 
 def export_flat_csv(run: Run, out: str | Path, roles_out: str | Path | None = None) -> list[Path]:
     """Write the run's tokens as the flat CSV (joined to responses and roles), its roles table with
-    ratings as a second CSV keyed by role, and its monitored projections (if any) joined to responses as a
-    third (`<out>.projections.csv`). Out of core; atomic. Returns the files written."""
+    ratings as a second CSV keyed by role, its monitored projections (if any) joined to responses or
+    conversation turns as a third (`<out>.projections.csv`), and its conversations (if any: every turn's
+    user message and answer) as a fourth (`<out>.conversations.csv`). Out of core; atomic. Returns the
+    files written."""
     out = Path(out)
     roles_out = Path(roles_out) if roles_out else out.with_name(out.stem + ".roles.csv")
     con = connect()
@@ -281,12 +283,26 @@ def export_flat_csv(run: Run, out: str | Path, roles_out: str | Path | None = No
         con.execute(f"COPY (SELECT * FROM {run.relation_sql('roles')} ORDER BY role) TO $target (FORMAT csv, HEADER)",
                     run.params("roles") | {"target": str(tmp)})
     written = [out, roles_out]
+    conversations = run.has("conversations")
     if run.has("projections"):
         target = out.with_name(out.stem + ".projections.csv")
+        query = (f"SELECT r.role, r.task_id, r.replicate, NULL::VARCHAR AS conversation_id, p.* "
+                 f"FROM {run.relation_sql('projections')} p JOIN {run.relation_sql('responses')} r USING (response_id)")
+        names = ["projections", "responses"]
+        if conversations:  # a conversation turn's projections carry its conversation instead of a task
+            query += (f" UNION ALL SELECT c.role, NULL, c.replicate, c.conversation_id, p.* "
+                      f"FROM {run.relation_sql('projections')} p "
+                      f"JOIN {run.relation_sql('conversations')} c USING (response_id, turn)")
+            names.append("conversations")
         with atomic_path(target) as tmp:
-            query = (f"SELECT r.role, r.task_id, r.replicate, p.* FROM {run.relation_sql('projections')} p "
-                     f"JOIN {run.relation_sql('responses')} r USING (response_id)")
-            con.execute(f"COPY ({query}) TO $target (FORMAT csv, HEADER)",
-                        run.params("projections", "responses") | {"target": str(tmp)})
+            con.execute(f"COPY ({query}) TO $target (FORMAT csv, HEADER)", run.params(*names) | {"target": str(tmp)})
+        written.append(target)
+    if conversations:
+        target = out.with_name(out.stem + ".conversations.csv")
+        with atomic_path(target) as tmp:
+            drop = "EXCLUDE (token_ids) " if "token_ids" in pq.read_schema(run.files("conversations")[0]).names else ""
+            con.execute(f"COPY (SELECT * {drop}FROM {run.relation_sql('conversations')} "
+                        "ORDER BY conversation_id, turn) TO $target (FORMAT csv, HEADER)",
+                        run.params("conversations") | {"target": str(tmp)})
         written.append(target)
     return written

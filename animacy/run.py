@@ -160,10 +160,10 @@ class Run:
         for name in present:
             validate_source(con, TABLES[name], self.source(name), keys=keys)
         for name in present:
-            for column, target in TABLES[name].references.items():
-                parent, parent_col = target.split(".")
-                if self.has(parent):
-                    check_reference(con, TABLES[name], self.source(name), column, self.source(parent), parent_col)
+            for column, targets in TABLES[name].references.items():
+                parents = [(self.source(t), c) for t, c in (x.split(".") for x in targets.split("|")) if self.has(t)]
+                if parents:
+                    check_reference(con, TABLES[name], self.source(name), column, parents)
         if self.read("roles", ["role"]).empty:
             raise DataError(self.source("roles").display[0], "has no rows; the roles table needs at least one role")
 

@@ -17,6 +17,8 @@ Kind = Literal["str", "int", "float", "bool", "vector", "ids"]
 CONDITIONS = ("with_prompt", "without_prompt", "steered", "capped", "ablated", "mean_ablated")
 ABLATED = ("ablated", "mean_ablated")  # with the role prompt, the axis projection removed / set to a mean
 UNSTEERED = ("with_prompt", "without_prompt")
+# a multi-turn conversation under the role prompt, generated freely or capped on the assistant axis
+CONVERSATION_CONDITIONS = ("conversation", "conversation_capped")
 DERIVATIONS = (
     "role_minus_assistant_response",
     "role_minus_assistant_first10",
@@ -32,12 +34,17 @@ CONTROL_GROUP = "Assistant"
 AXIS = "assistant_axis"  # the derivation name of the assistant axis; indexed under the role CONTROL_GROUP
 NO_PROMPT_ROLE = "(no system prompt)"  # the pass without a system prompt: a condition, kept as a control role
 NO_PROMPT_GROUP = "No prompt"
-SCHEMA_VERSION = 3  # raised whenever a table's columns or meaning change; recorded in every manifest
+SCHEMA_VERSION = 4  # raised whenever a table's columns or meaning change; recorded in every manifest
 
 
 def response_id(role: str, task_id: str, replicate: int) -> str:
     """The one response-id format, for every writer: 'role|task_id|r<replicate>'."""
     return f"{role}|{task_id}|r{replicate}"
+
+
+def conversation_id(role: str, replicate: int, condition: str, tau: float | None) -> str:
+    """A conversation's id: 'role|conv|r<replicate>|<condition>[@tau]'; its turns' response ids add '|t<turn>'."""
+    return f"{role}|conv|r{replicate}|{condition}" + ("" if tau is None else f"@{tau:g}")
 
 
 RESPONSE_ID_SQL = "concat_ws('|', role, task_id, 'r' || replicate::VARCHAR)"  # the same, in DuckDB
@@ -246,7 +253,34 @@ LABEL_TABLE = Table(
     ),
     key=("response_id", "classifier", "method"),
     description="one row per response x classifier x method",
-    references={"response_id": "responses.response_id"},
+    references={"response_id": "responses.response_id|conversations.response_id"},
+)
+
+CONVERSATIONS = Table(
+    "conversations",
+    (
+        Column("conversation_id", "str"),
+        Column("role", "str"),
+        Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0"),
+        Column("condition", "str", allowed=CONVERSATION_CONDITIONS),
+        Column("tau", "float", nullable=True, description="the cap τ on the assistant axis; null unless capped"),
+        Column("turn", "int", check="turn >= 0", check_message="turn must be >= 0"),
+        Column("user_text", "str", description="the user's message of this turn (scripted or generated)"),
+        Column("response_id", "str", description="the turn's response: '<conversation_id>|t<turn>'"),
+        Column("seed", "int", description="the turn's generation seed (the same in every condition)"),
+        Column("text", "str", nullable=True),
+        Column("n_tokens", "int", check="n_tokens >= 0", check_message="n_tokens must be >= 0"),
+        Column("finish_reason", "str", allowed=FINISH_REASONS),
+        Column("mean_log_prob", "float", nullable=True, check="mean_log_prob <= 0",
+               check_message="mean log-probabilities must be <= 0",
+               description="mean log-prob of the response's tokens under the model that generated them"),
+        Column("token_ids", "ids", required=False, nullable=True),
+    ),
+    key=("conversation_id", "turn"),
+    description="one row per turn of a multi-turn conversation: the user's message and the model's answer",
+    row_checks=(RowCheck("tau", "(condition = 'conversation_capped') <> (tau IS NOT NULL)",
+                         "capped conversations need a tau and the others none"),),
+    references={"role": "roles.role"},
 )
 
 PROJECTIONS = Table(
@@ -254,19 +288,21 @@ PROJECTIONS = Table(
     (
         Column("response_id", "str"),
         Column("turn", "int", check="turn >= 0", check_message="turn must be >= 0"),
-        Column("condition", "str", allowed=UNSTEERED),
+        Column("condition", "str", allowed=UNSTEERED + CONVERSATION_CONDITIONS),
         Column("direction", "str", description="assistant_axis, trait:NAME or ROLE/DERIVATION"),
         Column("layer", "int", check="layer >= 0", check_message="layer must be >= 0"),
         Column("token_index", "int", check="token_index >= 0", check_message="token_index must be >= 0"),
         Column("projection", "float", description="the residual at the token, projected on the unit direction"),
     ),
     key=("response_id", "turn", "condition", "direction", "layer", "token_index"),
-    description="per response token: the residual stream's projection on monitored directions",
-    references={"response_id": "responses.response_id"},
+    description="per response token: the residual stream's projection on monitored directions (while "
+                "scoring, and while generating each turn of a conversation)",
+    references={"response_id": "responses.response_id|conversations.response_id"},
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (ROLES, RESPONSES, TOKENS, ACTIVATIONS, VECTORS_INDEX, WORD_GUESS, LABEL_TABLE, PROJECTIONS)
+    t.name: t for t in (ROLES, RESPONSES, TOKENS, ACTIVATIONS, VECTORS_INDEX, WORD_GUESS, LABEL_TABLE, PROJECTIONS,
+                        CONVERSATIONS)
 }
 
 # The flat per-token CSV people share: tokens joined to responses and roles.

@@ -233,20 +233,24 @@ def check_key(con: duckdb.DuckDBPyConnection, table: Table, source: Source, pres
 
 
 def check_reference(
-    con: duckdb.DuckDBPyConnection, table: Table, source: Source, column: str, parent: Source, parent_col: str
+    con: duckdb.DuckDBPyConnection, table: Table, source: Source, column: str, parents: list[tuple[Source, str]]
 ) -> None:
-    """Every value of `column` must exist in the parent table (e.g. tokens.response_id in responses)."""
-    q, p = quote(column), quote(parent_col)
-    hit = con.execute(
-        f"SELECT min(t._ord) FROM {source.sql()} t ANTI JOIN "
-        f"(SELECT DISTINCT {p} AS k FROM {parent.sql()}) r ON t.{q} = r.k", source.params | parent.params
-    ).fetchone()[0]
+    """Every value of `column` must exist in one of the parent tables (e.g. tokens.response_id in responses;
+    a projection's response in responses or conversations)."""
+    q = quote(column)
+    keys = " UNION ".join(f"SELECT DISTINCT {quote(col)} AS k FROM {parent.sql()}" for parent, col in parents)
+    params = source.params
+    for parent, _ in parents:
+        params = params | parent.params
+    hit = con.execute(f"SELECT min(t._ord) FROM {source.sql()} t ANTI JOIN ({keys}) r ON t.{q} = r.k",
+                      params).fetchone()[0]
     if hit is None:
         return
     value = con.execute(f"SELECT {q} FROM {source.sql()} WHERE _ord = {hit}", source.params).fetchone()[0]
     shown, row = source.locate(hit)
+    where = " or ".join(parent.display[0] for parent, _ in parents)
     raise DataError(
-        shown, f"refers to a {parent_col} that {parent.display[0]} does not have",
+        shown, f"refers to a {parents[0][1]} that {where} does not have",
         column=column, row=row, value=value, line=source.line(row),
     )
 

@@ -40,6 +40,8 @@ class Generation:
     ids: list[int]
     text: str
     finish_reason: str  # stop | length
+    log_probs: list[float] = field(default_factory=list)  # each token's log-prob under the generating model
+    projections: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [tokens, K] (monitored)
 
 
 @dataclass
@@ -104,24 +106,57 @@ class TransformersBackend:
         sampling = Sampling(temperature, top_p, max_tokens=max_new_tokens)
         return self.generate_many([list(prompt_ids)], [seed], sampling)[0]
 
-    def generate_many(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
-                      sampling: Sampling) -> list[Generation]:
-        """One response per (prompt ids, seed), sampled `generation_batch` at a time; results in order."""
+    def generate_many(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
+                      intervention: Intervention | None = None,
+                      monitor: dict[int, torch.Tensor] | None = None) -> list[Generation]:
+        """One response per (prompt ids, seed), sampled `generation_batch` at a time; results in order.
+
+        With an intervention (one coefficient, the same for every response: a cap's tau, a steering
+        magnitude) every forward pass of generation runs under it. With `monitor` ({layer: [K, H] unit
+        directions}) each response token's residual is projected on the directions as it is generated."""
         unsupported = {k: v for k, v in asdict(sampling).items()
                        if k not in ("temperature", "top_p", "max_tokens") and v != getattr(Sampling(0.0), k)}
         if unsupported:
             raise ValueError(f"transformers generation takes temperature, top_p and max_tokens, not {unsupported}")
+        if intervention is not None and len(intervention.coeffs) != 1:
+            raise ValueError("generation runs under one coefficient (a tau, a magnitude) for every response")
         k = max(1, self.generation_batch)
         return [g for i in range(0, len(prompts), k) for g in self._generate_batch(
             [list(p) for p in prompts[i:i + k]], list(seeds[i:i + k]), sampling.max_tokens, sampling.temperature,
-            sampling.top_p)]
+            sampling.top_p, intervention, monitor)]
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
-                        top_p: float = 1.0) -> list[Generation]:
+                        top_p: float = 1.0, intervention: Intervention | None = None,
+                        monitor: dict[int, torch.Tensor] | None = None) -> list[Generation]:
         """Sample a batch of responses (left-padded, with a KV cache), each row's token at step k drawn with
         the counter-based uniform of (its seed, k), so a response depends on its seed, not on its batch's
         other rows (bar rare float near-ties between differently padded batches)."""
+        B, P = len(prompts), max(map(len, prompts))
+        per_layer: dict[int, list] = {}
+        if intervention is not None:  # left-padded: every prompt ends at position P - 1
+            row = Intervention(intervention.kind, intervention.per_layer, intervention.coeffs.expand(B),
+                               intervention.mode, intervention.layer_scale)
+            per_layer = self._intervention_hooks(row, torch.full((B,), P, device=self.device))
+        monitors = {layer: Project(d.to(self.device)) for layer, d in (monitor or {}).items()}
+        for layer, m in monitors.items():
+            per_layer.setdefault(layer, []).append(m)
+        with hooks(self.model, per_layer):
+            out, done, logp = self._decode(prompts, seeds, max_new_tokens, temperature, top_p, bool(monitors))
+        gens = [Generation(o, self.tokenizer.decode(o, skip_special_tokens=True), "stop" if d else "length", lp)
+                for o, d, lp in zip(out, done, logp)]
+        for layer, m in monitors.items():  # token j's residual is computed when it is fed back, at pass j + 1
+            steps = torch.cat([o[:, -1:] for o in m.outputs[1:]], dim=1) if len(m.outputs) > 1 else None
+            for b, g in enumerate(gens):
+                n = len(g.ids)
+                g.projections[layer] = (steps[b, :n].cpu().numpy().astype(np.float64) if n else
+                                        np.zeros((0, m.directions.shape[0])))
+        return gens
+
+    def _decode(self, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
+                top_p: float, feed_last: bool) -> tuple[list[list[int]], list[bool], list[list[float]]]:
+        """The decoding loop of `_generate_batch` (hooks already in place); `feed_last` runs one more pass
+        over the last tokens of responses cut by the length limit, so their residuals are seen too."""
         B, P = len(prompts), max(map(len, prompts))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((B, P), pad, dtype=torch.long, device=self.device)
@@ -130,26 +165,35 @@ class TransformersBackend:
             ids[b, P - len(p):] = torch.tensor(p, device=self.device)
             mask[b, P - len(p):] = 1
         out: list[list[int]] = [[] for _ in range(B)]
+        logp: list[list[float]] = [[] for _ in range(B)]
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         cache, step_ids = None, ids
-        for step in range(max_new_tokens):
+
+        def forward(step_ids, mask, cache):
             pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
             res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-            cache = getattr(res, "cache", None) or res.past_key_values
+            return res, getattr(res, "cache", None) or res.past_key_values
+
+        for step in range(max_new_tokens):
+            res, cache = forward(step_ids, mask, cache)
             logits = res.logits[:, -1].float()
             nxt = sample_tokens(logits, temperature, top_p, counter_uniform(seeds, step))
+            lp = (logits.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)).tolist()
             for b in range(B):
                 if not done[b]:
                     if int(nxt[b]) in self.eos:
                         done[b] = True
                     else:
                         out[b].append(int(nxt[b]))
+                        logp[b].append(lp[b])
             if bool(done.all()):
                 break
             step_ids = torch.where(done, torch.full_like(nxt, pad), nxt)[:, None]
             mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
-        return [Generation(o, self.tokenizer.decode(o, skip_special_tokens=True), "stop" if d else "length")
-                for o, d in zip(out, done.tolist())]
+        else:
+            if feed_last and not bool(done.all()):
+                forward(step_ids, mask, cache)
+        return out, done.tolist(), logp
 
     def _log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """log p(target) from final hidden states [N, H]: fp32 logits chunk by chunk, target only."""

@@ -40,10 +40,10 @@ def _render(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _without_default_system(tokenizer, user: str) -> str:
+def _without_default_system(tokenizer, messages: list[dict]) -> str:
     """The prompt with no system turn, even when the template inserts a default one."""
-    plain = _render(tokenizer, [{"role": "user", "content": user}])
-    with_sys = _render(tokenizer, [{"role": "system", "content": _SENTINEL}, {"role": "user", "content": user}])
+    plain = _render(tokenizer, messages)
+    with_sys = _render(tokenizer, [{"role": "system", "content": _SENTINEL}, *messages])
     i = with_sys.find(_SENTINEL)
     if i < 0:
         return plain
@@ -59,16 +59,31 @@ def _without_default_system(tokenizer, user: str) -> str:
                       "cannot remove", hint="Set no_prompt = 'template_default' to keep it.")
 
 
+def _messages_text(tokenizer, system: str | None, messages: list[dict], no_prompt: str) -> str:
+    if system is None:
+        return _without_default_system(tokenizer, messages) if no_prompt == "none" else _render(tokenizer, messages)
+    return _render(tokenizer, [{"role": "system", "content": system}, *messages])
+
+
+def render_conversation(tokenizer, system: str | None, turns: list[tuple[str, str]], user: str,
+                        no_prompt: str = "none") -> list[int]:
+    """The token ids of a conversation so far (`turns`: (user, assistant) pairs) and the next user message,
+    ready for the assistant's answer; the system prompt (or its absence) handled as in `render_prompt`."""
+    messages = [m for u, a in turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
+    text = _messages_text(tokenizer, system, [*messages, {"role": "user", "content": user}], no_prompt)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return ids
+
+
 def render_prompt(tokenizer, user: str, system: str | None, role: str | None = None,
                   no_prompt: str = "none") -> Prompt:
     """Render, tokenize (one BOS), and locate the role word and the period inside the system text."""
     if no_prompt not in NO_PROMPT_MODES:
         raise ConfigError("study.no_prompt", f"unknown mode {no_prompt!r} (choose {', '.join(NO_PROMPT_MODES)})")
-    if system is None:
-        text = _without_default_system(tokenizer, user) if no_prompt == "none" else _render(
-            tokenizer, [{"role": "user", "content": user}])
-    else:
-        text = _render(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": user}])
+    text = _messages_text(tokenizer, system, [{"role": "user", "content": user}], no_prompt)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     bos = tokenizer.bos_token_id

@@ -47,6 +47,10 @@ class Runner:
         self.cfg, self.out, self.shard, self.quiet = cfg, Path(out), shard, quiet
         self.allow_config_change = tuple(allow_config_change)
         self.wait_timeout, self.poll = wait_timeout, poll
+        if quiet:  # transformers' own bars (loading weights) too
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         self.stages = Stages(cfg, study_roles(cfg), self.out)
         self.roles = self.stages.roles
 
@@ -72,8 +76,9 @@ class Runner:
     def check_layers(self) -> None:
         """Every capture and steer layer exists in the model: checked before any work."""
         n = len(decoder_layers(self.stages.lm.model))
+        conv_layers = self.cfg.conversations.layers if self.cfg.conversations else []
         for key, layers in (("capture.layers", self.cfg.capture_layers), ("steer.layers", self.cfg.steer_layers),
-                            ("monitor.layers", self.cfg.monitor_layers)):
+                            ("monitor.layers", self.cfg.monitor_layers), ("conversations.layers", conv_layers)):
             bad = [layer for layer in layers if layer >= n]
             if bad:
                 raise ConfigError(self.cfg.path, f"{key} names layer {bad[0]}, but {self.cfg.model_source} has {n} "
@@ -112,19 +117,22 @@ class Runner:
             jobs += [Job("steer", k) for k in self.stages.steered_roles]
         if self.cfg.word_guess_prompt:
             jobs += [Job("wordguess", k) for k in self.stages.steered_roles]
+        jobs += [Job("conv", k) for k in self.stages.conversation_roles]
         return jobs
 
     def run(self) -> Path:
         self.check_layers()
+        self.stages.conversation_roles  # noqa: B018 -- the conversation roles exist, before any work
         self.stages.monitored()  # the monitored directions resolve, before any work
         self.check_resume()
         self.out.mkdir(parents=True, exist_ok=True)
         write_table(self.roles, "roles", self.out)
         self._write_manifest()
         st = self.stages
-        work = {"gen": st.generate, "score": st.score, "steer": st.steer, "wordguess": st.word_guess}
+        work = {"gen": st.generate, "score": st.score, "steer": st.steer, "wordguess": st.word_guess,
+                "conv": st.converse}
         plan = self.jobs()
-        for stage in ("gen", "score", "vectors", "steer", "wordguess"):
+        for stage in ("gen", "score", "vectors", "steer", "wordguess", "conv"):
             if stage == "vectors":
                 self._vectors_barrier()
                 continue

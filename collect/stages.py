@@ -10,6 +10,7 @@ ablation -> word guess.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,19 @@ from animacy.collect import vectors as vec
 from animacy.collect.backend import Intervention, Sampling, TransformersBackend, pack
 from animacy.collect.config import StudyConfig
 from animacy.collect.model import LoadedModel, load_model
-from animacy.collect.prompts import Prompt, render_prompt, system_text
+from animacy.collect.prompts import Prompt, render_conversation, render_prompt, system_text
 from animacy.collect.vllm_backend import VLLMBackend
 from animacy.errors import ConfigError
 from animacy.roles import GroupRule, design_roles, read_norms
 from animacy.run import JOBS, Run
-from animacy.schema import ABLATED, CONTROL_GROUP, NO_PROMPT_GROUP, NO_PROMPT_ROLE, response_id
+from animacy.schema import (
+    ABLATED,
+    CONTROL_GROUP,
+    NO_PROMPT_GROUP,
+    NO_PROMPT_ROLE,
+    conversation_id,
+    response_id,
+)
 
 
 def study_roles(cfg: StudyConfig) -> pd.DataFrame:
@@ -63,8 +71,14 @@ def study_roles(cfg: StudyConfig) -> pd.DataFrame:
     return out.drop(columns=[c for c in ("category", "broad_category") if c in out and out[c].isna().all()])
 
 
-def response_seed(seed: int, role: str, task: int, replicate: int) -> int:
+def response_seed(seed: int, role: str, task: int | str, replicate: int) -> int:
     return int(hashlib.sha256(f"{seed}|{role}|{task}|{replicate}".encode()).hexdigest()[:8], 16)
+
+
+def turn_seed(seed: int, role: str, replicate: int, turn: int, speaker: str = "model") -> int:
+    """The seed of one turn of a conversation: the same in every condition, so a capped conversation and
+    its uncapped twin differ only by the cap (from the first turn the cap changes)."""
+    return response_seed(seed, role, f"conv-{speaker}-t{turn}", replicate)
 
 
 @dataclass
@@ -87,6 +101,7 @@ class Stages:
         self._lm: LoadedModel | None = None
         self._vllm: VLLMBackend | None = None
         self._monitored: dict[int, tuple[list[str], torch.Tensor]] | None = None
+        self._user: TransformersBackend | None = None
 
     @property
     def lm(self) -> LoadedModel:
@@ -276,6 +291,95 @@ class Stages:
                         for k, cond in enumerate(ABLATED)]
         return Output({"tokens": pa.concat_tables(out)}, {"token_rows": sum(t.num_rows for t in out)})
 
+    @property
+    def conversation_roles(self) -> list[int]:
+        """Indices of the roles that hold conversations: `[conversations] roles`, else every role but the
+        no-prompt pass."""
+        conv = self.cfg.conversations
+        if conv is None:
+            return []
+        names = list(self.roles["role"])
+        if conv.roles is None:
+            return [k for k, r in enumerate(names) if r != NO_PROMPT_ROLE]
+        missing = [r for r in conv.roles if r not in names]
+        if missing:
+            raise ConfigError(self.cfg.path, f"conversations.roles names '{missing[0]}', which is not a role of the "
+                              "study", column="conversations.roles")
+        return [names.index(r) for r in conv.roles]
+
+    def _user_backend(self) -> TransformersBackend:
+        """The model that writes generated user turns: the study's own, or `user_model` (loaded once)."""
+        source = self.cfg.conversations.user_model
+        if not source or source == self.cfg.model_source:
+            self.lm  # noqa: B018 -- loads the model and its backend
+            return self.backend
+        if self._user is None:
+            lm = load_model(source, None, self.cfg.dtype, self.cfg.device)
+            self._user = TransformersBackend(lm.model, lm.tokenizer, self.cfg.generation_batch)
+        return self._user
+
+    def _user_turns(self, role: str, turn: int, histories: list[list[tuple[str, str]]]) -> list[str]:
+        """The user's message of `turn` in each conversation: scripted, or the opening line then written by
+        the user model, which sees the conversation from the other side (seeded per turn)."""
+        conv = self.cfg.conversations
+        if conv.scripted:
+            return [conv.turns[turn]] * len(histories)
+        if turn == 0:
+            return [conv.opening] * len(histories)
+        user = self._user_backend()
+        prompts = []
+        for h in histories:  # the user model's view: it spoke first; the answers are its 'user' messages
+            flipped = [(a, u_next) for (_, a), (u_next, _) in itertools.pairwise(h)]
+            prompts.append(render_conversation(user.tokenizer, conv.user_prompt,
+                                               [("Hello.", conv.opening), *flipped], h[-1][1], self.cfg.no_prompt))
+        seeds = [turn_seed(self.cfg.seed, role, r, turn, "user") for r in range(len(histories))]
+        gens = user.generate_many(prompts, seeds, Sampling(self.cfg.temperature, max_tokens=conv.max_new_tokens))
+        return [g.text.strip() or "..." for g in gens]
+
+    def converse(self, index: int) -> Output:
+        """The conversations of role `index`: the role prompt, then each user turn answered in turn by the
+        model, freely and capped on the assistant axis at each τ (the same seeds); every answer's tokens
+        are projected on the axis (and `[monitor]`'s directions) at `conversations.layers` as it is
+        generated, and its mean log-prob kept."""
+        conv, role = self.cfg.conversations, self.roles.iloc[index]["role"]
+        vectors, _ = self._steering_inputs()
+        unit = {layer: vec.magnitude_unit(vectors.layer_norms.get(layer), self.cfg.units, layer)
+                for layer in conv.layers}
+        axis = {layer: torch.tensor(vectors.axis(layer).values) for layer in conv.layers}
+        extra = self.monitored()
+        monitor = {layer: (["assistant_axis", *extra.get(layer, ([], None))[0]],
+                           torch.cat([axis[layer][None], *([extra[layer][1]] if layer in extra else [])]))
+                   for layer in conv.layers}
+        system = system_text(self.cfg.system_template, role) if role != NO_PROMPT_ROLE else None
+        sampling = Sampling(self.cfg.temperature, max_tokens=conv.max_new_tokens)
+        rows, projections = [], []
+        for condition, tau in [("conversation", None), *(("conversation_capped", t) for t in conv.cap_taus)]:
+            cap = None if tau is None else Intervention("cap", axis, torch.tensor([tau]), "all", unit)
+            histories: list[list[tuple[str, str]]] = [[] for _ in range(conv.replicates)]
+            for turn in range(conv.n_turns):
+                users = self._user_turns(role, turn, histories)
+                prompts = [render_conversation(self.lm.tokenizer, system, h, u, self.cfg.no_prompt)
+                           for h, u in zip(histories, users)]
+                seeds = [turn_seed(self.cfg.seed, role, r, turn) for r in range(conv.replicates)]
+                gens = self.backend.generate_many(prompts, seeds, sampling, cap,
+                                                  {layer: d for layer, (_, d) in monitor.items()})
+                for r, (user, seed, g) in enumerate(zip(users, seeds, gens)):
+                    cid = conversation_id(role, r, condition, tau)
+                    rid = f"{cid}|t{turn}"
+                    rows.append({"conversation_id": cid, "role": role, "replicate": r, "condition": condition,
+                                 "tau": tau, "turn": turn, "user_text": user, "response_id": rid, "seed": seed,
+                                 "text": g.text, "n_tokens": len(g.ids), "finish_reason": g.finish_reason,
+                                 "mean_log_prob": float(np.mean(g.log_probs)) if g.ids else None,
+                                 "token_ids": g.ids})
+                    for layer, (names, _) in monitor.items():
+                        projections.append(_projection_rows(rid, condition, names, layer,
+                                                            torch.from_numpy(g.projections[layer]), turn))
+                    histories[r].append((user, g.text))
+        tables = {"conversations": pd.DataFrame(rows).astype({"tau": "float64", "seed": "int64"})}
+        if projections:
+            tables["projections"] = pa.concat_tables(projections)
+        return Output(tables, {"turns": len(rows)})
+
     def word_guess(self, index: int) -> Output:
         """Log-prob of the role word as the answer to a prompt the vectors were not fitted on."""
         role = self.roles.iloc[index]["role"]
@@ -307,11 +411,12 @@ def _token_rows(rid: str, condition: str, derivation: str | None, magnitude: flo
     })
 
 
-def _projection_rows(rid: str, condition: str, names: list[str], layer: int, proj: torch.Tensor) -> pa.Table:
-    """Projections [n tokens, K directions] of one response at one layer, as rows."""
+def _projection_rows(rid: str, condition: str, names: list[str], layer: int, proj: torch.Tensor,
+                     turn: int = 0) -> pa.Table:
+    """Projections [n tokens, K directions] of one response (one turn of a conversation) at one layer, as rows."""
     n, k = proj.shape
     return pa.table({
-        "response_id": pa.array([rid] * (n * k), pa.string()), "turn": pa.array(np.zeros(n * k, np.int64)),
+        "response_id": pa.array([rid] * (n * k), pa.string()), "turn": pa.array(np.full(n * k, turn, np.int64)),
         "condition": pa.array([condition] * (n * k), pa.string()), "direction": pa.array(names * n, pa.string()),
         "layer": pa.array(np.full(n * k, layer, np.int64)), "token_index": pa.array(np.repeat(np.arange(n), k)),
         "projection": pa.array(proj.reshape(-1).cpu().numpy().astype(np.float64)),

@@ -16,7 +16,7 @@ import pytest
 from animacy.analysis.mixed_r import environment_without_r
 from animacy.cli import main
 from animacy.run import Run
-from tests.collect_fixtures import torch  # noqa: F401  (skips without torch)
+from tests.collect_fixtures import torch  # skips without torch; used by the conversation test
 
 CONFIG = """
 [study]
@@ -302,3 +302,96 @@ def test_a_monitored_study_records_exact_projections(config, full_run, tmp_path,
     capsys.readouterr()
     assert main(["collect", "run", str(cfg), "--out", str(tmp_path / "never"), "--quiet"]) == 2
     assert "ghost" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+CONVERSATIONS = """
+[conversations]
+roles = ["sock", "assistant"]
+replicates = 2
+turns = ["Tell me about yourself.", "How do you feel right now?", "What are you, really?"]
+cap_taus = [0.3]
+layers = [5]
+max_new_tokens = 6
+"""
+
+
+def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, tmp_path):
+    """[conversations]: the role prompt, then each scripted user turn answered by the model, freely and
+    capped on the assistant axis while generating (the same seeds); every answer's tokens projected on the
+    axis as they are generated. Checked against independent hooks and plain teacher forcing."""
+    import numpy as np
+
+    from animacy.collect.backend import Intervention, Sampling, TransformersBackend
+    from animacy.collect.hooks import Record, hooks
+    from animacy.collect.model import load_model
+    from animacy.collect.prompts import render_conversation, system_text
+    from animacy.collect.vectors import RoleVectors, magnitude_unit
+
+    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
+    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
+    text = text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
+    cfg = tmp_path / "conv.toml"
+    cfg.write_text(text + CONVERSATIONS)
+    out = tmp_path / "conv"
+    assert main(["collect", "run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    run = Run(out)
+    run.validate()
+    conv = run.read("conversations")
+    assert len(conv) == 2 * 2 * 2 * 3  # roles x replicates x (free, capped) x turns
+    assert set(conv["condition"]) == {"conversation", "conversation_capped"}
+    assert conv.loc[conv.condition == "conversation_capped", "tau"].eq(0.3).all()
+    assert conv.loc[conv.condition == "conversation", "tau"].isna().all()
+    # the same seed for a turn in both conditions; a different one for each turn and replicate
+    seeds = conv.pivot_table(index=["role", "replicate", "turn"], columns="condition", values="seed")
+    assert (seeds["conversation"] == seeds["conversation_capped"]).all() and seeds["conversation"].is_unique
+    assert (conv["n_tokens"] == conv["token_ids"].map(len)).all() and (conv["mean_log_prob"] <= 0).all()
+
+    proj = run.read("projections")
+    assert set(proj["condition"]) == {"conversation", "conversation_capped"} and set(proj["layer"]) == {5}
+    per_turn = proj.groupby("response_id").size()
+    assert (per_turn == conv.set_index("response_id")["n_tokens"].reindex(per_turn.index)).all()
+    vectors = RoleVectors.load(out)
+    unit = magnitude_unit(vectors.layer_norms[5], "relative", 5)
+    capped = proj[proj.condition == "conversation_capped"]
+    assert capped["projection"].min() >= 0.3 * unit - 1e-3 * unit, "the cap holds at every generated token"
+    free = proj[proj.condition == "conversation"]
+    assert free["projection"].min() < 0.3 * unit, "the free conversations go below the cap (or it tests nothing)"
+
+    # the last turn of one free conversation, recomputed: its prompt holds the two earlier turns, and
+    # teacher forcing its tokens gives the projections and mean log-prob recorded while generating
+    lm = load_model("smollm2")
+    c = conv[(conv.role == "sock") & (conv.replicate == 1) & (conv.condition == "conversation")].sort_values("turn")
+    history = list(zip(c["user_text"].iloc[:2], c["text"].iloc[:2]))
+    ids = render_conversation(lm.tokenizer, system_text("You are {article} {role}.", "sock"), history,
+                              c["user_text"].iloc[2])
+    last = c.iloc[2]
+    rec = Record()
+    backend = TransformersBackend(lm.model, lm.tokenizer)
+    with hooks(lm.model, {5: [rec]}):
+        scored = backend.score(ids, list(last.token_ids))
+    want = rec.outputs[0][0, len(ids):len(ids) + last.n_tokens].numpy() @ vectors.axis(5).values
+    got = free[free.response_id == last.response_id].sort_values("token_index")["projection"].to_numpy()
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-3, atol=1e-2)  # the last token: fed once more
+    np.testing.assert_allclose(got[-1], want[-1], rtol=1e-3, atol=1e-2)
+    assert abs(float(scored.log_probs[0].mean()) - last.mean_log_prob) < 1e-3
+    # generation under the same seed, unmonitored and uncapped, gives the same tokens (monitoring is passive)
+    again = backend.generate_many([ids], [int(last.seed)], Sampling(0.8, max_tokens=6))[0]
+    assert again.ids == list(last.token_ids)
+    # and the capped twin of the first turn is what generating under the cap gives
+    cap_row = conv[(conv.role == "sock") & (conv.replicate == 1) & (conv.condition == "conversation_capped")
+                   & (conv.turn == 0)].iloc[0]
+    first = render_conversation(lm.tokenizer, system_text("You are {article} {role}.", "sock"), [],
+                                cap_row.user_text)
+    cap = Intervention("cap", {5: torch.tensor(vectors.axis(5).values)}, torch.tensor([0.3]), "all", {5: unit})
+    assert backend.generate_many([first], [int(cap_row.seed)], Sampling(0.8, max_tokens=6), cap)[0].ids == list(
+        cap_row.token_ids)
+
+    # behaviour per turn: the labels table takes the conversations' answers too
+    assert main(["classify", str(out), "--method", "rules", "--quiet"]) == 0
+    labels = run.read("labels")
+    assert set(conv["response_id"]) <= set(labels["response_id"])
+    run.validate()
+    # export writes the conversations' projections with their role and turn
+    assert main(["export", str(out), "--csv", str(tmp_path / "flat.csv")]) == 0
+    exported = pd.read_csv(tmp_path / "flat.projections.csv")
+    assert len(exported) == len(proj) and exported["role"].notna().all()
