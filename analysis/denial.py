@@ -78,9 +78,14 @@ def denial_models(table: pd.DataFrame, backend: str = "python", reference_group:
         random = " + (1 | task)" if rated["task"].nunique() > 1 else ""
         models.append((f"label ~ {' + '.join(ratings)}{random} + (1 | role)", rated))
     fits = fit_many({formula: (data, formula, f"the {classifier} labels") for formula, data in models}, backend,
-                    family="binomial")
+                    family="binomial", keep_errors=True)
     for formula, fit in fits.items():
+        if isinstance(fit, Exception):  # too few rows for the model, say: the other analyses still run
+            skipped.append(f"{classifier}: {formula}: {fit}")
+            continue
         out.append(fit.fixed.assign(model=formula, ratings=how if "group" not in formula else ""))
+    if not out:
+        return pd.DataFrame(), skipped
     res = _odds_ratios(pd.concat(out, ignore_index=True)).assign(classifier=classifier, reference_group=ref)
     return res[["classifier", "model", *[c for c in res.columns if c not in ("classifier", "model")]]], skipped
 

@@ -15,6 +15,29 @@ GROUP = alt.Color("group:N", title="group", legend=alt.Legend(orient="bottom", c
                   scale=alt.Scale(domain=list(_GROUP_COLOURS), range=list(_GROUP_COLOURS.values())))
 
 
+def drift_curves(curves: pd.DataFrame) -> alt.Chart:
+    """Mean projection on a direction by turn, free and capped, with role-clustered bands; one panel per
+    direction and layer."""
+    base = alt.Chart().encode(x=alt.X("turn:O", title="turn"), color=alt.Color("arm:N", title=None,
+                                                                                  legend=alt.Legend(orient="bottom")))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("ci_low:Q", title="mean projection"), y2="ci_high:Q")
+    line = base.mark_line(point=True).encode(y=alt.Y("projection:Q", title="mean projection",
+                                                     scale=alt.Scale(zero=False)))
+    data = curves.assign(panel=curves["direction"] + " · layer " + curves["layer"].astype(str))
+    return alt.layer(band, line, data=data).properties(width=WIDTH, height=160).facet(
+        facet=alt.Facet("panel:N", title=None), columns=2)
+
+
+def turn_behaviour(behaviour: pd.DataFrame) -> alt.Chart:
+    """Each measure of the answers by turn, free and capped (mean over roles, role-clustered bars)."""
+    base = alt.Chart().encode(x=alt.X("turn:O", title="turn"), color=alt.Color("arm:N", title=None,
+                                                                                  legend=alt.Legend(orient="bottom")))
+    line = base.mark_line(point=True).encode(y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)))
+    err = base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title=None), y2="ci_high:Q")
+    return alt.layer(line, err, data=behaviour).properties(width=180, height=140).facet(
+        facet=alt.Facet("measure:N", title=None), columns=3).resolve_scale(y="independent")
+
+
 def roles_per_group(roles: pd.DataFrame) -> alt.Chart:
     counts = roles.groupby("group").size().rename("roles").reset_index()
     return alt.Chart(counts).mark_bar().encode(

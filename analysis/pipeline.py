@@ -15,6 +15,7 @@ from animacy.analysis.bootstrap import MIN_CLUSTERS
 from animacy.analysis.classify import evaluate
 from animacy.analysis.curves import gap_curve_bands, pooled_recovery
 from animacy.analysis.denial import denial_models, example_responses, label_table, rates
+from animacy.analysis.drift import DRIFT_FORMULA, drift_curves, drift_models, turn_behaviour, turn_projections
 from animacy.analysis.geometry import (
     axis_projections,
     cosine_by_group,
@@ -114,6 +115,7 @@ def analyze(run: Run, out: str | Path | None = None, options: AnalyzeOptions | N
         "complete": not missing,
         "missing_jobs": missing,
         "steering_model": steering,
+        "drift_formula": DRIFT_FORMULA,
         "manifest": run.manifest,
         "provenance": provenance(),
     }
@@ -237,6 +239,14 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions, suppor
                                                                   seed=options.seed)
         if denied is not None:
             tables["denial_similarity.csv"] = denial_similarity(acts, denied)
+    if supported["persona drift over conversation turns"] is None:
+        per_turn = turn_projections(run)
+        labels = run.read("labels") if run.has("labels") else None
+        tables |= {"drift_turns.csv": per_turn.astype({"arm": str}),
+                   "drift_curves.csv": drift_curves(per_turn, **boot).astype({"arm": str}),
+                   "drift_models.csv": drift_models(per_turn, options.backend, skipped=skipped),
+                   "drift_behaviour.csv": turn_behaviour(run.read("conversations"), labels, **boot).astype(
+                       {"arm": str})}
     if supported["word guess"] is None:
         wg = run.read("word_guess")
         tables["word_guess.csv"] = word_guess_effects(wg, roles, **boot)

@@ -185,6 +185,13 @@ def test_two_shards_make_the_same_run(config, full_run, tmp_path):
     (lambda s: s.replace('{role = "sock"', '{role = "lawyer"'), "lists the role 'lawyer' twice"),
     (lambda s: s.replace('controls = ["assistant"]', 'controls = ["sock"]'), "'sock' is also an assistant control"),
     (lambda s: s.replace('{role = "sock"', "{role = 7"), "must be a non-empty string"),
+    # conversations: scripted turns or a user model, never both; layers where the axis exists; known roles
+    (lambda s: s + CONVERSATIONS.replace("max_new_tokens = 6", 'opening = "Hi"'), "not both"),
+    (lambda s: s + "\n[conversations]\nreplicates = 2\n", "needs scripted 'turns', or an 'opening'"),
+    (lambda s: s + CONVERSATIONS.replace("layers = [5]", "layers = [7]"), "conversations.layers must be"),
+    (lambda s: s + CONVERSATIONS.replace('roles = ["sock", "assistant"]', 'roles = ["ghost"]'),
+     "conversations.roles names 'ghost'"),
+    (lambda s: s + CONVERSATIONS.replace("turns = [", "turn = ["), "did you mean 'turns'"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, edit, words, capsys):
     path = tmp_path / "bad.toml"
@@ -315,6 +322,27 @@ max_new_tokens = 6
 """
 
 
+def test_a_user_model_writes_the_user_turns_seeded(config, tmp_path):
+    """Generated user turns: the opening line, then the (same) model answering from the user's side, seeded
+    per turn, so a rerun writes the same conversation."""
+    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
+    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
+    text = text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
+    conv = ('\n[conversations]\nroles = ["sock"]\nreplicates = 2\nn_turns = 3\nopening = "Hi! Who are you?"\n'
+            "layers = [5]\nmax_new_tokens = 5\n")
+    cfg = tmp_path / "user.toml"
+    cfg.write_text(text + conv)
+    runs = []
+    for name in ("a", "b"):
+        assert main(["collect", "run", str(cfg), "--out", str(tmp_path / name), "--quiet"]) == 0
+        runs.append(Run(tmp_path / name).read("conversations").sort_values(["conversation_id", "turn"]))
+    a, b = runs
+    assert (a["user_text"].to_numpy() == b["user_text"].to_numpy()).all() and (a["text"] == b["text"]).all()
+    assert (a.loc[a.turn == 0, "user_text"] == "Hi! Who are you?").all()
+    later = a.loc[a.turn > 0, "user_text"]
+    assert len(later) == 4 and (later != "Hi! Who are you?").all() and later.str.len().gt(0).all()
+
+
 def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, tmp_path):
     """[conversations]: the role prompt, then each scripted user turn answered by the model, freely and
     capped on the assistant axis while generating (the same seeds); every answer's tokens projected on the
@@ -395,3 +423,9 @@ def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, t
     assert main(["export", str(out), "--csv", str(tmp_path / "flat.csv")]) == 0
     exported = pd.read_csv(tmp_path / "flat.projections.csv")
     assert len(exported) == len(proj) and exported["role"].notna().all()
+    # and the analysis draws the drift from them
+    assert main(["analyze", str(out), "--out", str(tmp_path / "a"), "--no-umap", "--n-boot", "50", "--quiet"]) == 0
+    curves = pd.read_csv(tmp_path / "a" / "drift_curves.csv")
+    assert set(curves["arm"]) == {"free", "capped τ=0.3"} and set(curves["turn"]) == {0, 1, 2}
+    assert (curves.loc[curves.arm != "free", "projection"] >= 0.3 * unit - 1e-2).all()
+    assert {"turn", "turn:arm[T.capped τ=0.3]"} <= set(pd.read_csv(tmp_path / "a" / "drift_models.csv")["term"])
