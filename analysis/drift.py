@@ -34,14 +34,20 @@ DRIFT_FORMULA = "projection ~ turn * arm + (1 | conversation_id) + (1 | role)"
 FREE = "free"
 
 
+ABLATED_ARM = "axis ablated"
+
+
 def arm(condition: str, tau: float | None) -> str:
-    """The arm of a conversation: 'free', or 'capped τ=<tau>'."""
+    """The arm of a conversation: 'free', 'capped τ=<tau>' or 'axis ablated'."""
+    if condition == "conversation_ablated":
+        return ABLATED_ARM
     return FREE if condition == CONVERSATION_CONDITIONS[0] or tau is None or tau != tau else f"capped τ={tau:g}"
 
 
 def _arms(df: pd.DataFrame) -> pd.DataFrame:
     names = [arm(c, t) for c, t in zip(df["condition"], df["tau"])]
-    order = [FREE, *sorted({n for n in names if n != FREE}, key=lambda n: float(n.split("=")[1]))]
+    capped = sorted({n for n in names if n.startswith("capped")}, key=lambda n: float(n.split("=")[1]))
+    order = [FREE, *capped, *([ABLATED_ARM] if ABLATED_ARM in names else [])]
     return df.assign(arm=pd.Categorical(names, categories=order))
 
 

@@ -17,8 +17,9 @@ Kind = Literal["str", "int", "float", "bool", "vector", "ids"]
 CONDITIONS = ("with_prompt", "without_prompt", "steered", "capped", "ablated", "mean_ablated")
 ABLATED = ("ablated", "mean_ablated")  # with the role prompt, the axis projection removed / set to a mean
 UNSTEERED = ("with_prompt", "without_prompt")
-# a multi-turn conversation under the role prompt, generated freely or capped on the assistant axis
-CONVERSATION_CONDITIONS = ("conversation", "conversation_capped")
+# a multi-turn conversation under the role prompt, generated freely, capped on the assistant axis, or with
+# the axis ablated (its projection removed) while generating
+CONVERSATION_CONDITIONS = ("conversation", "conversation_capped", "conversation_ablated")
 DERIVATIONS = (
     "role_minus_assistant_response",
     "role_minus_assistant_first10",

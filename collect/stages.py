@@ -338,7 +338,8 @@ class Stages:
 
     def converse(self, index: int) -> Output:
         """The conversations of role `index`: the role prompt, then each user turn answered in turn by the
-        model, freely and capped on the assistant axis at each τ (the same seeds); every answer's tokens
+        model, freely, capped on the assistant axis at each τ, and (with `ablate`) with the axis ablated (the
+        same seeds in every arm); every answer's tokens
         are projected on the axis (and `[monitor]`'s directions) at `conversations.layers` as it is
         generated, and its mean log-prob kept."""
         conv, role = self.cfg.conversations, self.roles.iloc[index]["role"]
@@ -353,8 +354,12 @@ class Stages:
         system = system_text(self.cfg.system_template, role) if role != NO_PROMPT_ROLE else None
         sampling = Sampling(self.cfg.temperature, max_tokens=conv.max_new_tokens)
         rows, projections = [], []
-        for condition, tau in [("conversation", None), *(("conversation_capped", t) for t in conv.cap_taus)]:
-            cap = None if tau is None else Intervention("cap", axis, torch.tensor([tau]), "all", unit)
+        arms = [("conversation", None), *(("conversation_capped", t) for t in conv.cap_taus)]
+        for condition, tau in arms + ([("conversation_ablated", None)] if conv.ablate else []):
+            if condition == "conversation_ablated":  # the axis' projection removed at every position
+                cap = Intervention("ablate", axis, torch.tensor([0.0]), "all")
+            else:
+                cap = None if tau is None else Intervention("cap", axis, torch.tensor([tau]), "all", unit)
             histories: list[list[tuple[str, str]]] = [[] for _ in range(conv.replicates)]
             for turn in range(conv.n_turns):
                 users = self._user_turns(role, turn, histories)

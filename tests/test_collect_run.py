@@ -317,6 +317,7 @@ roles = ["sock", "assistant"]
 replicates = 2
 turns = ["Tell me about yourself.", "How do you feel right now?", "What are you, really?"]
 cap_taus = [0.3]
+ablate = true
 layers = [5]
 max_new_tokens = 6
 """
@@ -365,23 +366,26 @@ def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, t
     run = Run(out)
     run.validate()
     conv = run.read("conversations")
-    assert len(conv) == 2 * 2 * 2 * 3  # roles x replicates x (free, capped) x turns
-    assert set(conv["condition"]) == {"conversation", "conversation_capped"}
+    assert len(conv) == 2 * 2 * 3 * 3  # roles x replicates x (free, capped, ablated) x turns
+    assert set(conv["condition"]) == {"conversation", "conversation_capped", "conversation_ablated"}
     assert conv.loc[conv.condition == "conversation_capped", "tau"].eq(0.3).all()
     assert conv.loc[conv.condition == "conversation", "tau"].isna().all()
     # the same seed for a turn in both conditions; a different one for each turn and replicate
     seeds = conv.pivot_table(index=["role", "replicate", "turn"], columns="condition", values="seed")
     assert (seeds["conversation"] == seeds["conversation_capped"]).all() and seeds["conversation"].is_unique
+    assert (seeds["conversation"] == seeds["conversation_ablated"]).all()
     assert (conv["n_tokens"] == conv["token_ids"].map(len)).all() and (conv["mean_log_prob"] <= 0).all()
 
     proj = run.read("projections")
-    assert set(proj["condition"]) == {"conversation", "conversation_capped"} and set(proj["layer"]) == {5}
+    assert set(proj["condition"]) == set(conv["condition"]) and set(proj["layer"]) == {5}
     per_turn = proj.groupby("response_id").size()
     assert (per_turn == conv.set_index("response_id")["n_tokens"].reindex(per_turn.index)).all()
     vectors = RoleVectors.load(out)
     unit = magnitude_unit(vectors.layer_norms[5], "relative", 5)
     capped = proj[proj.condition == "conversation_capped"]
     assert capped["projection"].min() >= 0.3 * unit - 1e-3 * unit, "the cap holds at every generated token"
+    ablated = proj[proj.condition == "conversation_ablated"]
+    assert ablated["projection"].abs().max() < 1e-3 * unit, "ablation removes the axis at every generated token"
     free = proj[proj.condition == "conversation"]
     assert free["projection"].min() < 0.3 * unit, "the free conversations go below the cap (or it tests nothing)"
 
@@ -426,6 +430,6 @@ def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, t
     # and the analysis draws the drift from them
     assert main(["analyze", str(out), "--out", str(tmp_path / "a"), "--no-umap", "--n-boot", "50", "--quiet"]) == 0
     curves = pd.read_csv(tmp_path / "a" / "drift_curves.csv")
-    assert set(curves["arm"]) == {"free", "capped τ=0.3"} and set(curves["turn"]) == {0, 1, 2}
-    assert (curves.loc[curves.arm != "free", "projection"] >= 0.3 * unit - 1e-2).all()
+    assert set(curves["arm"]) == {"free", "capped τ=0.3", "axis ablated"} and set(curves["turn"]) == {0, 1, 2}
+    assert (curves.loc[curves.arm == "capped τ=0.3", "projection"] >= 0.3 * unit - 1e-2).all()
     assert {"turn", "turn:arm[T.capped τ=0.3]"} <= set(pd.read_csv(tmp_path / "a" / "drift_models.csv")["term"])
