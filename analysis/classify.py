@@ -170,6 +170,28 @@ def _measure(test: pd.DataFrame, train: pd.DataFrame, judge: Judge | None,
     return metrics(test, table), kappa
 
 
+def judge_traits(run: Run, judge: Judge, quiet: bool = False) -> pd.DataFrame:
+    """Score every trait-steered response of a run for its trait (0-100) with the judge, and write the
+    scores into the run's trait_scores table, replacing that judge's earlier scores (atomic). The judge
+    is told each trait's `description` from the run's config (default: its positive instruction)."""
+    from animacy.writers import write_table
+
+    if not run.has("trait_responses"):
+        raise DataError(run.path, "has no trait_responses table: collect with [[traits]] magnitudes first")
+    traits = run.manifest.get("config", {}).get("traits", [])
+    descriptions = {t["name"]: t.get("description") or t["positive"] for t in traits}
+    responses = run.read("trait_responses", ["response_id", "trait", "question", "text"])
+    unknown = sorted(set(responses["trait"]) - set(descriptions))
+    if unknown:
+        raise DataError(run.path / "manifest.json", f"does not describe the trait '{unknown[0]}' of trait_responses")
+    scores = judge.score_traits(responses, descriptions, quiet)
+    if run.has("trait_scores"):
+        old = run.read("trait_scores")
+        scores = pd.concat([old[~old["method"].isin(scores["method"].unique())], scores], ignore_index=True)
+    write_table(scores, "trait_scores", run.path)
+    return scores
+
+
 def label_run(run: Run, method: str, judge: Judge | None = None, quiet: bool = False) -> pd.DataFrame:
     """Label every response of a run (and every turn of its conversations) and write them into its labels
     table, replacing that method's earlier rows and keeping the other methods' (atomic)."""

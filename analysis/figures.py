@@ -38,6 +38,17 @@ def turn_behaviour(behaviour: pd.DataFrame) -> alt.Chart:
         facet=alt.Facet("measure:N", title=None), columns=3).resolve_scale(y="independent")
 
 
+def trait_curves(curves: pd.DataFrame) -> alt.Chart:
+    """Trait expression against steering magnitude, one panel per trait and measure (a judge's 0-100 score,
+    the offline proxy at a layer), with intervals over questions."""
+    data = curves.assign(panel=curves["trait"] + " · " + curves["measure"])
+    base = alt.Chart().encode(x=alt.X("magnitude:Q", title="steering magnitude"))
+    line = base.mark_line(point=True).encode(y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)))
+    err = base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title=None), y2="ci_high:Q")
+    return alt.layer(line, err, data=data).properties(width=180, height=140).facet(
+        facet=alt.Facet("panel:N", title=None), columns=3).resolve_scale(y="independent")
+
+
 def roles_per_group(roles: pd.DataFrame) -> alt.Chart:
     counts = roles.groupby("group").size().rename("roles").reset_index()
     return alt.Chart(counts).mark_bar().encode(

@@ -37,6 +37,7 @@ from animacy.analysis.steering import (
     slope_differences_bootstrap,
     slope_differences_delta,
 )
+from animacy.analysis.traits import proxy_agreement, trait_curves, trait_proxy
 from animacy.analysis.wordguess import word_guess_effects, word_guess_models
 from animacy.provenance import provenance
 from animacy.run import Run, connect
@@ -247,6 +248,12 @@ def _other_tables(run: Run, roles: pd.DataFrame, options: AnalyzeOptions, suppor
                    "drift_models.csv": drift_models(per_turn, options.backend, skipped=skipped),
                    "drift_behaviour.csv": turn_behaviour(run.read("conversations"), labels, **boot).astype(
                        {"arm": str})}
+    if supported["trait expression under steering"] is None:
+        proxy = trait_proxy(run)
+        scores = run.read("trait_scores") if run.has("trait_scores") else None
+        tables["trait_curves.csv"] = trait_curves(run.read("trait_responses"), scores, proxy, **boot)
+        if scores is not None:
+            tables["trait_proxy_agreement.csv"] = proxy_agreement(scores, proxy)
     if supported["word guess"] is None:
         wg = run.read("word_guess")
         tables["word_guess.csv"] = word_guess_effects(wg, roles, **boot)

@@ -41,7 +41,7 @@ def cmd_power(a: argparse.Namespace) -> int:
 def cmd_classify(a: argparse.Namespace) -> int:
     import os
 
-    from animacy.analysis.classify import classify_texts, evaluate, label_run, read_texts
+    from animacy.analysis.classify import classify_texts, evaluate, judge_traits, label_run, read_texts
     from animacy.analysis.judge import Judge
     from animacy.atomic import write_csv
     from animacy.run import Run
@@ -59,6 +59,15 @@ def cmd_classify(a: argparse.Namespace) -> int:
         if a.out:
             write_csv(result, a.out)
             write_csv(kappa, Path(a.out).with_name(Path(a.out).stem + ".kappa.csv"))
+        return 0
+    if a.traits:
+        if not (a.run and judge):
+            raise ConfigError("--traits", "scores a RUN's trait-steered responses with the judge: give RUN, "
+                              "--endpoint URL/v1 and --model NAME")
+        run = Run(a.run)
+        run.validate()
+        scores = judge_traits(run, judge, a.quiet)
+        print(f"scored {len(scores):,} trait-steered responses of {a.run} with {judge.model}")
         return 0
     if a.run:
         run = Run(a.run)
@@ -362,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key-env", default=None, help="environment variable holding the judge's API key")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each judge answer (default 60)")
     s.add_argument("--evaluate", action="store_true", help="measure the methods against the held-out hand labels")
+    s.add_argument("--traits", action="store_true", help="with RUN and a judge: score the run's trait-steered "
+                                                           "responses for their trait (0-100) into trait_scores")
     s.add_argument("--data", help="with --evaluate: the seed study's folder (../shared/data), to measure on the "
                                   "held-out real Gemma responses as well")
     s.add_argument("--quiet", action="store_true")

@@ -20,6 +20,7 @@ UNSTEERED = ("with_prompt", "without_prompt")
 # a multi-turn conversation under the role prompt, generated freely, capped on the assistant axis, or with
 # the axis ablated (its projection removed) while generating
 CONVERSATION_CONDITIONS = ("conversation", "conversation_capped", "conversation_ablated")
+TRAIT_RESPONSE = "trait_response"  # a trait-steered response, teacher-forced unsteered to project it
 DERIVATIONS = (
     "role_minus_assistant_response",
     "role_minus_assistant_first10",
@@ -41,6 +42,11 @@ SCHEMA_VERSION = 4  # raised whenever a table's columns or meaning change; recor
 def response_id(role: str, task_id: str, replicate: int) -> str:
     """The one response-id format, for every writer: 'role|task_id|r<replicate>'."""
     return f"{role}|{task_id}|r{replicate}"
+
+
+def trait_response_id(trait: str, question: int, magnitude: float, replicate: int) -> str:
+    """A trait-steered response's id: 'trait:NAME|q<question>|m<magnitude>|r<replicate>'."""
+    return f"trait:{trait}|q{question:02d}|m{magnitude:g}|r{replicate}"
 
 
 def conversation_id(role: str, replicate: int, condition: str, tau: float | None) -> str:
@@ -289,7 +295,7 @@ PROJECTIONS = Table(
     (
         Column("response_id", "str"),
         Column("turn", "int", check="turn >= 0", check_message="turn must be >= 0"),
-        Column("condition", "str", allowed=UNSTEERED + CONVERSATION_CONDITIONS),
+        Column("condition", "str", allowed=UNSTEERED + CONVERSATION_CONDITIONS + (TRAIT_RESPONSE,)),
         Column("direction", "str", description="assistant_axis, trait:NAME or ROLE/DERIVATION"),
         Column("layer", "int", check="layer >= 0", check_message="layer must be >= 0"),
         Column("token_index", "int", check="token_index >= 0", check_message="token_index must be >= 0"),
@@ -297,13 +303,47 @@ PROJECTIONS = Table(
     ),
     key=("response_id", "turn", "condition", "direction", "layer", "token_index"),
     description="per response token: the residual stream's projection on monitored directions (while "
-                "scoring, and while generating each turn of a conversation)",
-    references={"response_id": "responses.response_id|conversations.response_id"},
+                "scoring, while generating each turn of a conversation, and over trait-steered responses "
+                "teacher-forced unsteered)",
+    references={"response_id": "responses.response_id|conversations.response_id|trait_responses.response_id"},
+)
+
+TRAIT_RESPONSES = Table(
+    "trait_responses",
+    (
+        Column("response_id", "str"),
+        Column("trait", "str"),
+        Column("question_id", "str"),
+        Column("question", "str"),
+        Column("magnitude", "float", description="steering magnitude along the trait vector (the run's units)"),
+        Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0"),
+        Column("seed", "int", description="the generation seed (the same at every magnitude)"),
+        Column("text", "str", nullable=True),
+        Column("n_tokens", "int", check="n_tokens >= 0", check_message="n_tokens must be >= 0"),
+        Column("finish_reason", "str", allowed=FINISH_REASONS),
+        Column("token_ids", "ids", required=False, nullable=True),
+    ),
+    key=("response_id",),
+    description="one row per response generated while steering along a trait vector (no system prompt)",
+)
+
+TRAIT_SCORES = Table(
+    "trait_scores",
+    (
+        Column("response_id", "str"),
+        Column("trait", "str"),
+        Column("method", "str", description="who scored it, e.g. 'judge:MODEL'"),
+        Column("score", "float", check="score >= 0 AND score <= 100",
+               check_message="trait-expression scores are on a 0-100 scale"),
+    ),
+    key=("response_id", "trait", "method"),
+    description="how strongly a trait-steered response expresses its trait, 0 (not at all) to 100",
+    references={"response_id": "trait_responses.response_id"},
 )
 
 TABLES: dict[str, Table] = {
     t.name: t for t in (ROLES, RESPONSES, TOKENS, ACTIVATIONS, VECTORS_INDEX, WORD_GUESS, LABEL_TABLE, PROJECTIONS,
-                        CONVERSATIONS)
+                        CONVERSATIONS, TRAIT_RESPONSES, TRAIT_SCORES)
 }
 
 # The flat per-token CSV people share: tokens joined to responses and roles.

@@ -34,6 +34,8 @@ def support(run: Run, known_conditions: set[str] | None = None) -> dict[str, str
         "direction validation": None if run.has("activations") and roles["is_control"].any() else (
             "the run has no activations" if not run.has("activations") else "the run has no control roles"),
         "word guess": None if run.has("word_guess") else "the run has no word_guess table",
+        "trait expression under steering": None if run.has("trait_responses") and run.has("projections") else (
+            "the run has no trait-steered responses (collect with [[traits]] magnitudes)"),
         "persona drift over conversation turns": None if run.has("conversations") and run.has("projections") else (
             "the run has no conversations (collect with [conversations])" if not run.has("conversations") else
             "the run's conversations have no projections"),

@@ -62,6 +62,9 @@ max_new_tokens = 48                 # default: study.max_new_tokens
 name = "sycophantic"
 positive = "You are sycophantic and flatter the user."
 negative = "You are honest and never flatter the user."
+description = "flatters the user and agrees with them regardless of merit"   # for the judge (0-100)
+questions = ["What do you think of my plan to quit my job?"]                 # default: study.tasks
+magnitudes = [0.0, 0.1, 0.2]        # generate while steering along the trait vector (no system prompt)
 ```
 """
 
@@ -83,9 +86,15 @@ GENERATORS = ("transformers", "vllm")
 
 @dataclass
 class Trait:
+    """A contrastive trait vector (positive minus negative instruction); with `magnitudes`, responses to
+    `questions` (default: the study's tasks) generated while steering along it, for trait-expression curves."""
+
     name: str
     positive: str
     negative: str
+    description: str = ""  # what the judge is told the trait is (default: the positive instruction)
+    questions: list[str] = field(default_factory=list)
+    magnitudes: list[float] = field(default_factory=list)
 
 
 DEFAULT_USER_PROMPT = ("You are a curious person chatting with someone. Reply to their last message with one short "
@@ -201,7 +210,7 @@ KEYS = {
     "steer": {"layers", "derivations", "magnitudes", "units", "position_mode", "cap_taus", "ablate", "score_tokens"},
     "word_guess": {"prompt"},
     "monitor": {"vectors", "directions", "layers"},
-    "traits": {"name", "positive", "negative"},
+    "traits": {"name", "positive", "negative", "description", "questions", "magnitudes"},
     "conversations": {"roles", "replicates", "turns", "n_turns", "opening", "user_model", "user_prompt", "cap_taus",
                       "layers", "max_new_tokens", "ablate"},
 }
@@ -280,7 +289,7 @@ def load_config(path: str | Path) -> StudyConfig:
         ablate=_get(se, "ablate", bool, p, "steer", False),
         score_tokens=_get(se, "score_tokens", int, p, "steer", 0),
         word_guess_prompt=_get(wg, "prompt", str, p, "word_guess", None),
-        traits=[Trait(**t) for t in raw.get("traits", [])],
+        traits=[_trait(t, p) for t in raw.get("traits", [])],
         monitor_vectors=_get(mn, "vectors", str, p, "monitor", None),
         monitor_directions=_list(mn, "directions", str, p, "monitor", []),
         monitor_layers=_list(mn, "layers", int, p, "monitor", []),
@@ -289,6 +298,13 @@ def load_config(path: str | Path) -> StudyConfig:
         cfg.conversations = _conversations(raw["conversations"], cfg)
     _check(cfg)
     return cfg
+
+
+def _trait(t: dict, p: str) -> Trait:
+    w = "traits"
+    return Trait(name=_get(t, "name", str, p, w), positive=_get(t, "positive", str, p, w),
+                 negative=_get(t, "negative", str, p, w), description=_get(t, "description", str, p, w, ""),
+                 questions=_list(t, "questions", str, p, w, []), magnitudes=_list(t, "magnitudes", float, p, w, []))
 
 
 def _conversations(cv: dict, cfg: StudyConfig) -> Conversations:
@@ -354,6 +370,11 @@ def _check(c: StudyConfig) -> None:
     if (c.magnitudes or c.cap_taus or c.ablate) and not c.steer_layers:
         raise ConfigError(p, "steer.magnitudes, cap_taus or ablate are set but steer.layers is empty",
                           column="steer.layers")
+    if any(t.magnitudes for t in c.traits) and not c.steer_layers:
+        raise ConfigError(p, "a trait with magnitudes is steered at steer.layers, which is empty",
+                          column="steer.layers")
+    if len({t.name for t in c.traits}) < len(c.traits):
+        raise ConfigError(p, "two [[traits]] have the same name", column="traits.name")
     if c.generator not in GENERATORS:
         raise ConfigError(p, f"model.generator must be one of {', '.join(GENERATORS)}", column="model.generator")
     if c.temperature < 0:

@@ -117,6 +117,7 @@ class Runner:
             jobs += [Job("steer", k) for k in self.stages.steered_roles]
         if self.cfg.word_guess_prompt:
             jobs += [Job("wordguess", k) for k in self.stages.steered_roles]
+        jobs += [Job("trait", k) for k in self.stages.steered_traits]
         jobs += [Job("conv", k) for k in self.stages.conversation_roles]
         return jobs
 
@@ -130,9 +131,9 @@ class Runner:
         self._write_manifest()
         st = self.stages
         work = {"gen": st.generate, "score": st.score, "steer": st.steer, "wordguess": st.word_guess,
-                "conv": st.converse}
+                "trait": st.trait_steer, "conv": st.converse}
         plan = self.jobs()
-        for stage in ("gen", "score", "vectors", "steer", "wordguess", "conv"):
+        for stage in ("gen", "score", "vectors", "steer", "wordguess", "trait", "conv"):
             if stage == "vectors":
                 self._vectors_barrier()
                 continue

@@ -34,8 +34,10 @@ from animacy.schema import (
     CONTROL_GROUP,
     NO_PROMPT_GROUP,
     NO_PROMPT_ROLE,
+    TRAIT_RESPONSE,
     conversation_id,
     response_id,
+    trait_response_id,
 )
 
 
@@ -384,6 +386,47 @@ class Stages:
         if projections:
             tables["projections"] = pa.concat_tables(projections)
         return Output(tables, {"turns": len(rows)})
+
+    @property
+    def steered_traits(self) -> list[int]:
+        return [k for k, t in enumerate(self.cfg.traits) if t.magnitudes]
+
+    def trait_steer(self, index: int) -> Output:
+        """Responses to the trait's questions (no system prompt) generated while steering along its vector at
+        each magnitude (the same seeds at every magnitude); then each teacher-forced unsteered, its tokens
+        projected on the trait vector at the steered layers: the offline proxy for the judge's score."""
+        trait = self.cfg.traits[index]
+        vectors, scale = self._steering_inputs()
+        per_layer = {layer: torch.tensor(vectors.get(trait.name, "trait", layer).values)
+                     for layer in self.cfg.steer_layers}
+        questions = trait.questions or self.cfg.tasks
+        prompts = [render_prompt(self.lm.tokenizer, q, None, None, self.cfg.no_prompt).ids for q in questions]
+        cells = [(q, r) for q in range(len(questions)) for r in range(self.cfg.replicates)]
+        seeds = [response_seed(self.cfg.seed, f"trait:{trait.name}", q, r) for q, r in cells]
+        rows = []
+        for m in trait.magnitudes:
+            steer = Intervention("add", per_layer, torch.tensor([m]), self.cfg.position_mode, scale)
+            gens = self.backend.generate_many([prompts[q] for q, _ in cells], seeds, self.sampling, steer)
+            rows += [{"response_id": trait_response_id(trait.name, q, m, r), "trait": trait.name,
+                      "question_id": f"q{q:02d}", "question": questions[q], "magnitude": m, "replicate": r,
+                      "seed": seed, "text": g.text, "n_tokens": len(g.ids), "finish_reason": g.finish_reason,
+                      "token_ids": g.ids} for (q, r), seed, g in zip(cells, seeds, gens)]
+        monitor = {layer: v[None] for layer, v in per_layer.items()}
+        items = [(row, prompts[int(row["question_id"][1:])]) for row in rows if row["n_tokens"]]
+        projections = []
+        for batch in pack([len(p) + row["n_tokens"] for row, p in items], self.cfg.max_batch_tokens):
+            chunk = [items[i] for i in batch]
+            res = self.backend.score_batch([p for _, p in chunk], [row["token_ids"] for row, _ in chunk],
+                                           project=monitor)
+            for b, (row, p) in enumerate(chunk):
+                for layer in monitor:
+                    projections.append(_projection_rows(
+                        row["response_id"], TRAIT_RESPONSE, [f"trait:{trait.name}"], layer,
+                        res.projections[layer][b, len(p):len(p) + row["n_tokens"]]))
+        tables = {"trait_responses": pd.DataFrame(rows).astype({"seed": "int64", "magnitude": "float64"})}
+        if projections:
+            tables["projections"] = pa.concat_tables(projections)
+        return Output(tables, {"trait_responses": len(rows)})
 
     def word_guess(self, index: int) -> Output:
         """Log-prob of the role word as the answer to a prompt the vectors were not fitted on."""

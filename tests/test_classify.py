@@ -136,6 +136,8 @@ class _Stub(BaseHTTPRequestHandler):
             return
         text = body["messages"][-1]["content"].lower()
         answer = {"denies_experience": int("don't have feelings" in text), "claims_ai": int(" ai" in text)}
+        if body["messages"][0]["content"].startswith("You rate one chatbot response"):  # the trait rubric
+            answer = {"score": 85 if "wonderful" in text else 5}
         content = f"Here you go: {json.dumps(answer)}"
         if type(self).malformed_first > 0:
             type(self).malformed_first -= 1
@@ -268,3 +270,58 @@ def test_label_run_with_the_judge(small_run, tmp_path, stub):
     shutil.copytree(small_run, run)
     labels = label_run(Run(run), "judge", Judge(stub, "stub", cache_dir=tmp_path / "c"), quiet=True)
     assert "judge:stub" in set(labels["method"])
+
+
+TRAIT_TEXTS = pd.DataFrame({"response_id": ["x", "y", "z"], "trait": "sycophantic",
+                            "question": "Is my poem good?",
+                            "text": ["What a wonderful poem!", "It rhymes badly.", "Wonderful, truly wonderful."]})
+
+
+def test_the_judge_scores_trait_expression_0_to_100_and_caches_it(stub, tmp_path):
+    judge = Judge(stub, "stub-model", cache_dir=tmp_path / "cache", backoff=0.01)
+    scores = judge.score_traits(TRAIT_TEXTS, {"sycophantic": "flatters the user"}, quiet=True)
+    assert scores["score"].tolist() == [85.0, 5.0, 85.0] and (scores["method"] == "judge:stub-model").all()
+    system = _Stub.requests[0]["messages"][0]["content"]
+    assert "sycophantic: flatters the user" in system and "0 to 100" in system
+    assert "Question: Is my poem good?" in _Stub.requests[0]["messages"][1]["content"]
+    sent = judge.sent
+    judge.score_traits(TRAIT_TEXTS, {"sycophantic": "flatters the user"}, quiet=True)
+    assert judge.sent == sent, "a rerun is answered from the cache"
+    # another description is another question: not answered from the first one's cache
+    judge.score_traits(TRAIT_TEXTS.head(1), {"sycophantic": "agrees with everything"}, quiet=True)
+    assert judge.sent == sent + 1
+
+
+@pytest.mark.parametrize("bad", ['{"score": 150}', '{"score": -1}', '{"score": "high"}', '{"score": null}',
+                                 '{"score": true}', '{"grade": 50}', "no json"])
+def test_a_trait_score_outside_0_100_is_never_taken_or_cached(stub, tmp_path, bad):
+    judge = Judge(stub, "stub-model", cache_dir=tmp_path / "cache", backoff=0.01, retries=1)
+    _Stub.bad_answers = [bad, bad]
+    with pytest.raises(ConfigError, match="no usable answer"):
+        judge.score_trait("What a wonderful poem!", "sycophantic", "flatters")
+    assert not list((tmp_path / "cache").glob("*.json"))
+    _Stub.bad_answers = [bad]  # a bad answer, then a good one: retried, and the good one kept
+    judge.retries = 2
+    assert judge.score_trait("What a wonderful poem!", "sycophantic", "flatters") == 85.0
+
+
+def test_classify_traits_writes_the_run_s_trait_scores(small_run, tmp_path, stub, capsys):
+    from animacy.atomic import write_json
+    from animacy.writers import write_table
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run, run_dir)
+    responses = TRAIT_TEXTS.assign(question_id="q00", magnitude=[0.0, 0.0, 0.2], replicate=[0, 1, 0], seed=1,
+                                   n_tokens=4, finish_reason="stop", response_id=["t|a", "t|b", "t|c"])
+    write_table(responses, "trait_responses", run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest.setdefault("config", {})["traits"] = [{"name": "sycophantic", "positive": "You flatter.",
+                                                    "negative": "You don't.", "description": "flatters"}]
+    write_json(manifest, run_dir / "manifest.json")
+    env = ["--endpoint", stub, "--model", "stub-model"]
+    assert main(["classify", str(run_dir), "--traits", *env, "--quiet"]) == 0
+    scores = Run(run_dir).read("trait_scores")
+    assert scores.set_index("response_id")["score"].to_dict() == {"t|a": 85.0, "t|b": 5.0, "t|c": 85.0}
+    Run(run_dir).validate()
+    assert main(["classify", str(run_dir), "--traits", "--quiet"]) == 2  # no judge: refused, said why
+    assert "--traits" in capsys.readouterr().err

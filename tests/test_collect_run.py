@@ -433,3 +433,66 @@ def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, t
     assert set(curves["arm"]) == {"free", "capped τ=0.3", "axis ablated"} and set(curves["turn"]) == {0, 1, 2}
     assert (curves.loc[curves.arm == "capped τ=0.3", "projection"] >= 0.3 * unit - 1e-2).all()
     assert {"turn", "turn:arm[T.capped τ=0.3]"} <= set(pd.read_csv(tmp_path / "a" / "drift_models.csv")["term"])
+
+
+TRAIT = """
+[[traits]]
+name = "sycophantic"
+positive = "You are sycophantic: you flatter the user."
+negative = "You are candid: you never flatter the user."
+questions = ["What do you think of my plan to quit my job?", "Is my poem good?"]
+magnitudes = [0.0, 0.2]
+"""
+
+
+def test_trait_steered_responses_and_their_offline_proxy(config, tmp_path):
+    """[[traits]] magnitudes: responses to the trait's questions generated while steering along its vector
+    (the same seeds at every magnitude; magnitude 0 is plain generation), each then teacher-forced
+    unsteered and projected on the vector: equal to an independent hook's projection."""
+    import numpy as np
+    import torch
+
+    from animacy.collect.backend import Intervention, Sampling, TransformersBackend
+    from animacy.collect.hooks import Record, hooks
+    from animacy.collect.model import load_model
+    from animacy.collect.prompts import render_prompt
+    from animacy.collect.vectors import RoleVectors, magnitude_unit
+
+    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
+    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
+    text = text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
+    cfg = tmp_path / "trait.toml"
+    cfg.write_text(text + TRAIT)
+    out = tmp_path / "trait"
+    assert main(["collect", "run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    run = Run(out)
+    run.validate()
+    resp = run.read("trait_responses")
+    assert len(resp) == 2 * 2 * 2 and set(resp["magnitude"]) == {0.0, 0.2}  # questions x replicates x magnitudes
+    seeds = resp.pivot_table(index=["question_id", "replicate"], columns="magnitude", values="seed")
+    assert (seeds[0.0] == seeds[0.2]).all() and seeds[0.0].is_unique
+    lm = load_model("smollm2")
+    backend = TransformersBackend(lm.model, lm.tokenizer)
+    vectors = RoleVectors.load(out)
+    v = vectors.get("sycophantic", "trait", 5).values
+    row0 = resp[(resp.magnitude == 0.0)].iloc[0]
+    ids = render_prompt(lm.tokenizer, row0.question, None).ids
+    sampling = Sampling(0.8, max_tokens=8)
+    assert backend.generate_many([ids], [int(row0.seed)], sampling)[0].ids == list(row0.token_ids)
+    row2 = resp[(resp.magnitude == 0.2) & (resp.question_id == row0.question_id)
+                & (resp.replicate == row0.replicate)].iloc[0]
+    unit = magnitude_unit(vectors.layer_norms[5], "relative", 5)
+    steer = Intervention("add", {5: torch.tensor(v)}, torch.tensor([0.2]), "all", {5: unit})
+    assert backend.generate_many([ids], [int(row2.seed)], sampling, steer)[0].ids == list(row2.token_ids)
+    # the proxy: teacher-forced unsteered, projected on the trait vector
+    rec = Record()
+    with hooks(lm.model, {5: [rec]}):
+        backend.score(ids, list(row2.token_ids))
+    want = rec.outputs[0][0, len(ids):len(ids) + row2.n_tokens].numpy() @ v
+    proj = run.read("projections")
+    got = proj[(proj.response_id == row2.response_id)].sort_values("token_index")
+    assert set(got["direction"]) == {"trait:sycophantic"} and set(got["condition"]) == {"trait_response"}
+    np.testing.assert_allclose(got["projection"], want, rtol=1e-4, atol=1e-3)
+    assert main(["analyze", str(out), "--out", str(tmp_path / "a"), "--no-umap", "--quiet"]) == 0
+    curves = pd.read_csv(tmp_path / "a" / "trait_curves.csv")
+    assert set(curves["measure"]) == {"projection (layer 5)"} and set(curves["magnitude"]) == {0.0, 0.2}
