@@ -154,7 +154,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_collect(a: argparse.Namespace) -> int:
     from animacy.collect import cli as collect_cli
 
-    if a.action == "plan":
+    if a.action == "plan" and a.device_profile:
+        collect_cli.plan_for(a.config, a.device_profile, a.model_shape, a.response_tokens)
+    elif a.action == "plan":
         collect_cli.plan(a.config)
     else:
         if not a.out:
@@ -358,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", default=None, help="i/n: run the i-th of n shards (default: SLURM_ARRAY_TASK_ID)")
     s.add_argument("--allow-config-change", default=None, metavar="KEYS",
                    help="resume a run whose config differs in these keys (comma-separated); the change is recorded")
+    s.add_argument("--device-profile", default=None, metavar="CARD",
+                   help="plan: estimate for h100, h200 or a100 from stored rates (data/device_profiles.json) "
+                        "instead of measuring here")
+    s.add_argument("--model-shape", default=None, help="plan: the model's shape by name (gemma3-27b, llama3-8b, "
+                                                       "qwen3-30b-a3b, smollm2), when its config is not on disk")
+    s.add_argument("--response-tokens", type=int, default=None,
+                   help="plan: expected tokens per response (default: max_new_tokens, an upper bound)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_collect)
 

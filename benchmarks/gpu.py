@@ -24,45 +24,18 @@ import time
 
 import torch
 
-CONFIGS = {
-    "tiny": ("LlamaConfig", dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)),
-    "llama3-8b": ("LlamaConfig", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                                      rope_theta=500000.0, max_position_embeddings=8192)),
-    "gemma3-27b": ("Gemma3TextConfig", dict(vocab_size=262208, hidden_size=5376, intermediate_size=21504,
-                                            num_hidden_layers=62, num_attention_heads=32, num_key_value_heads=16,
-                                            head_dim=128, sliding_window=1024, query_pre_attn_scalar=168,
-                                            max_position_embeddings=131072)),
-    "qwen3-30b-a3b": ("Qwen3MoeConfig", dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
-                                             moe_intermediate_size=768, num_hidden_layers=48, num_attention_heads=32,
-                                             num_key_value_heads=4, head_dim=128, num_experts=128,
-                                             num_experts_per_tok=8, max_position_embeddings=40960)),
-}
+from animacy.collect.plan import SHAPES, Shape
 
 
 def build(name: str, device: str, dtype: torch.dtype):
+    """A model of the named shape (collect/plan.py's SHAPES, the ones the plan knows) with random weights."""
     import transformers
 
-    cls_name, kwargs = CONFIGS[name]
+    cls_name, kwargs = SHAPES[name]
     cfg = getattr(transformers, cls_name)(**kwargs)
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     return model.eval(), cfg
-
-
-def flops_per_token(model, cfg) -> float:
-    """2 x the parameters a token passes through: all but the input embedding (the LM head counts, also
-    when tied), and for a mixture of experts only the experts it is routed to."""
-    total = sum(p.numel() for p in model.parameters())
-    embed = model.get_input_embeddings().weight.numel()
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    active = total - embed + (embed if tied else 0)
-    experts = getattr(cfg, "num_experts", None)
-    if experts:
-        per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
-        active -= cfg.num_hidden_layers * per_expert * (experts - cfg.num_experts_per_tok)
-    return 2.0 * active
 
 
 def timed(fn, device: str, repeats: int) -> float:
@@ -83,7 +56,7 @@ def main() -> None:
     from animacy.collect.backend import Intervention, TransformersBackend
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=sorted(CONFIGS), default="gemma3-27b")
+    p.add_argument("--model", choices=sorted(SHAPES), default="gemma3-27b")
     p.add_argument("--device", default="cuda")
     p.add_argument("--seq", type=int, default=512, help="tokens per scored sequence (prompt + response)")
     p.add_argument("--batch-tokens", type=int, default=16384)
@@ -98,7 +71,7 @@ def main() -> None:
     model, cfg = build(a.model, a.device, dtype)
     be = TransformersBackend(model, SimpleNamespace(pad_token_id=0, eos_token_id=1))
     be.eos = set()  # random weights: never stop early
-    fpt = flops_per_token(model, cfg)
+    fpt = Shape.named(a.model).flops_per_token()  # attention's own FLOPs left out, as the module docstring says
     gen = torch.Generator().manual_seed(0)
     vocab = cfg.vocab_size
     rows = max(1, a.batch_tokens // a.seq)

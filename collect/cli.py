@@ -38,6 +38,23 @@ def run(config: str, out: str, shard: str | None, quiet: bool, allow_config_chan
     return path
 
 
+def plan_for(config: str, device_profile: str, model_shape: str | None = None,
+             response_tokens: int | None = None) -> dict:
+    """The plan on a named card from stored rates and FLOP counts (collect/plan.py): printed; a study that
+    does not fit the card is refused after the plan is shown (exit 2)."""
+    from animacy.collect import plan as planning
+    from animacy.collect.stages import study_roles
+
+    cfg = load_config(config)
+    roles = study_roles(cfg)
+    shape = planning.model_shape(cfg, model_shape)
+    profile = planning.load_profile(device_profile)
+    result = planning.estimate(cfg, len(roles), int((~roles["is_control"]).sum()), shape, profile, response_tokens)
+    print(planning.report(result))
+    planning.check_memory(cfg, shape, profile["memory_gib"], profile["card"])
+    return result
+
+
 def plan(config: str) -> dict:
     """Job counts, token counts and a time estimate for the model on this device (measured)."""
     import torch

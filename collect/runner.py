@@ -121,7 +121,24 @@ class Runner:
         jobs += [Job("conv", k) for k in self.stages.conversation_roles]
         return jobs
 
+    def check_memory(self) -> None:
+        """On CUDA, a study whose batches cannot fit the card is refused with the numbers, before the model
+        loads (its shape read from its config on disk; skipped when that is not on disk yet)."""
+        import torch
+
+        from animacy.collect import plan
+
+        if not self.cfg.device.startswith("cuda") or not torch.cuda.is_available():
+            return
+        try:
+            shape = plan.model_shape(self.cfg)
+        except ConfigError:
+            return
+        total = torch.cuda.mem_get_info()[1] / 2**30
+        plan.check_memory(self.cfg, shape, total, torch.cuda.get_device_name())
+
     def run(self) -> Path:
+        self.check_memory()
         self.check_layers()
         self.stages.conversation_roles  # noqa: B018 -- the conversation roles exist, before any work
         self.stages.monitored()  # the monitored directions resolve, before any work

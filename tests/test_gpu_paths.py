@@ -21,12 +21,18 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
     ("qwen3-30b-a3b", 30.5, 6.1),     # mixture of experts: 8 of 128 experts, ~3B active
 ])
 def test_flops_per_token_of_real_configs(name, params_b, gflop):
+    """The plan's analytic shape (collect/plan.py) against the parameters transformers builds for it."""
     sys.path.insert(0, str(BENCH.parent))
-    from gpu import build, flops_per_token
+    from gpu import build
 
-    model, cfg = build(name, "meta", torch.bfloat16)
-    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(params_b, rel=0.02)
-    assert flops_per_token(model, cfg) / 1e9 == pytest.approx(gflop, rel=0.03)
+    from animacy.collect.plan import Shape
+
+    model, _ = build(name, "meta", torch.bfloat16)
+    built = sum(p.numel() for p in model.parameters())
+    shape = Shape.named(name)
+    assert built / 1e9 == pytest.approx(params_b, rel=0.02)
+    assert shape.params_total == pytest.approx(built, rel=0.002)  # only the norms' weights are left out
+    assert shape.flops_per_token() / 1e9 == pytest.approx(gflop, rel=0.03)
 
 
 def test_gpu_benchmark_code_path_runs_on_the_cpu():

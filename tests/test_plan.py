@@ -1,0 +1,71 @@
+"""`animacy collect plan --device-profile`: the estimate works from FLOP counts and stored rates, scales as
+the study does, names the stage that dominates, and refuses a study that does not fit the card."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from animacy.cli import main
+from animacy.collect.config import load_config
+from animacy.collect.plan import Shape, check_memory, estimate, load_profile
+from animacy.errors import ConfigError
+
+ORIGINAL = Path(__file__).resolve().parents[1] / "data" / "plans" / "original_size.toml"
+
+
+def _hours(out: str) -> float:
+    return float(re.search(r"^total\s+([\d.]+)", out, re.M).group(1))
+
+
+def test_the_original_study_is_planned_and_refused_where_it_does_not_fit(capsys, tmp_path):
+    assert main(["collect", "plan", str(ORIGINAL), "--device-profile", "h100", "--model-shape", "gemma3-27b"]) == 2
+    out, err = capsys.readouterr()
+    assert "dominated by generation" in out and "DOES NOT FIT" in out
+    assert "does not fit NVIDIA H100" in err and "generation_batch 64" in err and "GiB" in err
+    assert "Traceback" not in err
+    # at a batch that fits, the same plan passes, and the H200 (measured) is faster than the derived A100
+    smaller = tmp_path / "fits.toml"
+    smaller.write_text(ORIGINAL.read_text().replace("generation_batch = 64", "generation_batch = 32"))
+    hours = {}
+    for card in ("h200", "h100", "a100"):
+        assert main(["collect", "plan", str(smaller), "--device-profile", card, "--model-shape", "gemma3-27b"]) == 0
+        out = capsys.readouterr().out
+        assert "fits" in out
+        hours[card] = _hours(out)
+    assert hours["h200"] < hours["h100"] < hours["a100"]
+
+
+def test_the_estimate_scales_with_the_study_and_the_card():
+    cfg = load_config(ORIGINAL)
+    shape, h200, a100 = Shape.named("gemma3-27b"), load_profile("h200"), load_profile("a100")
+    base = {s.name: s.seconds for s in estimate(cfg, 123, 120, shape, h200)["stages"]}
+    cfg.replicates *= 2
+    double = {s.name: s.seconds for s in estimate(cfg, 123, 120, shape, h200)["stages"]}
+    for name in base:
+        assert double[name] == pytest.approx(2 * base[name], rel=1e-9), name
+    slow = {s.name: s.seconds for s in estimate(cfg, 123, 120, shape, a100)["stages"]}
+    assert slow["scoring (with and without the prompt)"] == pytest.approx(
+        double["scoring (with and without the prompt)"] / 0.3155, rel=1e-6)
+    assert slow["generation"] == pytest.approx(double["generation"] / 0.425, rel=1e-6)
+    # measured rates are used as measured: 366 generated tokens/s for Gemma-27B on the H200
+    gen = estimate(load_config(ORIGINAL), 123, 120, shape, h200)["stages"][0]
+    assert gen.seconds == pytest.approx(gen.tokens / 366) and "measured" in gen.rate
+
+
+def test_a_model_too_large_for_the_card_is_refused_with_the_numbers():
+    cfg = load_config(ORIGINAL)
+    with pytest.raises(ConfigError) as e:
+        check_memory(cfg, Shape.named("qwen3-30b-a3b"), 40.0, "a 40 GiB card")
+    msg = str(e.value)
+    assert "a 40 GiB card" in msg and "weights 56.9 GiB" in msg
+    check_memory(cfg, Shape.named("llama3-8b"), 139.0, "an H200")  # fits: no error
+
+
+def test_an_unknown_card_or_shape_is_a_clear_error(capsys):
+    assert main(["collect", "plan", str(ORIGINAL), "--device-profile", "tpu", "--model-shape", "gemma3-27b"]) == 2
+    assert "known: h200, h100, a100" in capsys.readouterr().err
+    assert main(["collect", "plan", str(ORIGINAL), "--device-profile", "h100", "--model-shape", "gpt5"]) == 2
+    assert "unknown model shape 'gpt5'" in capsys.readouterr().err
