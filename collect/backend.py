@@ -35,6 +35,34 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass early (the prefix pass needs no later layers)."""
 
 
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def halving(items: list, fn) -> Iterator[tuple[list, object]]:
+    """Yield (items, fn(items)); on a CUDA out-of-memory error the items are split in halves, each retried the
+    same way, so a batch too large for the card runs as smaller ones (in order; nothing is written until the
+    stage returns, so no partial part). One item that does not fit is a ConfigError saying so."""
+    try:
+        result = fn(items)
+    except RuntimeError as exc:
+        if not is_oom(exc):
+            raise
+        if len(items) <= 1:
+            from animacy.errors import ConfigError
+
+            raise ConfigError("model.max_batch_tokens", f"a single sequence does not fit in the device's memory "
+                              f"({str(exc).splitlines()[0]})",
+                              hint="Use a larger card, a smaller model or dtype, or fewer new tokens.") from exc
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(items) // 2
+        yield from halving(items[:half], fn)
+        yield from halving(items[half:], fn)
+        return
+    yield items, result
+
+
 @dataclass
 class Generation:
     ids: list[int]
@@ -121,9 +149,13 @@ class TransformersBackend:
         if intervention is not None and len(intervention.coeffs) != 1:
             raise ValueError("generation runs under one coefficient (a tau, a magnitude) for every response")
         k = max(1, self.generation_batch)
-        return [g for i in range(0, len(prompts), k) for g in self._generate_batch(
-            [list(p) for p in prompts[i:i + k]], list(seeds[i:i + k]), sampling.max_tokens, sampling.temperature,
-            sampling.top_p, intervention, monitor)]
+
+        def batch(rows: list[int]) -> list[Generation]:
+            return self._generate_batch([list(prompts[j]) for j in rows], [seeds[j] for j in rows], sampling.max_tokens,
+                                        sampling.temperature, sampling.top_p, intervention, monitor)
+
+        return [g for i in range(0, len(prompts), k)
+                for _, gens in halving(list(range(i, min(i + k, len(prompts)))), batch) for g in gens]
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
@@ -257,24 +289,26 @@ class TransformersBackend:
             resid = rec.outputs[0].to(self.model.dtype)
         if zero.any():
             out[zero] = self.score_batch([prompt], [continuation]).log_probs[0]
-        live = torch.nonzero(~zero).flatten()
-        if len(live):
-            sub = Intervention(intervention.kind, {k: (v[live] if v.dim() == 2 else v)
+        pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(continuation), device=self.device)
+        targets = seq[0, pos + 1]
+
+        def rows(live: list[int]) -> torch.Tensor:
+            idx = torch.tensor(live, device=coeffs.device)
+            sub = Intervention(intervention.kind, {k: (v[idx] if v.dim() == 2 else v)
                                                    for k, v in intervention.per_layer.items()},
-                               coeffs[live], intervention.mode, intervention.layer_scale)
+                               coeffs[idx], intervention.mode, intervention.layer_scale)
             n = len(live)
             if resid is None:
-                out[live] = self.score_batch([prompt], [continuation], sub).log_probs
-            else:
-                per_layer = self._intervention_hooks(sub, torch.tensor([len(prompt)] * n, device=self.device))
-                # hooks first: they find layers by their index in the full model
-                with hooks(self.model, per_layer), self._from_layer(first):
-                    base = self.model.get_decoder()(inputs_embeds=resid.expand(n, -1, -1), use_cache=False)
-                hidden = base.last_hidden_state
-                pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(continuation), device=self.device)
-                targets = seq[0, pos + 1]
-                for k in range(n):
-                    out[live[k]] = self._log_probs(hidden[k, pos], targets)
+                return self.score_batch([prompt], [continuation], sub).log_probs
+            per_layer = self._intervention_hooks(sub, torch.tensor([len(prompt)] * n, device=self.device))
+            # hooks first: they find layers by their index in the full model
+            with hooks(self.model, per_layer), self._from_layer(first):
+                base = self.model.get_decoder()(inputs_embeds=resid.expand(n, -1, -1), use_cache=False)
+            hidden = base.last_hidden_state
+            return torch.stack([self._log_probs(hidden[k, pos], targets) for k in range(n)])
+
+        for live, log_probs in halving(torch.nonzero(~zero).flatten().tolist(), rows):
+            out[live] = log_probs
         return ScoreResult(out, {})
 
     def _intervention_hooks(self, intervention: Intervention, plen: torch.Tensor) -> dict[int, list]:

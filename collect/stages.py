@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from animacy.collect import vectors as vec
-from animacy.collect.backend import Intervention, Sampling, TransformersBackend, pack
+from animacy.collect.backend import Intervention, Sampling, TransformersBackend, halving, pack
 from animacy.collect.config import StudyConfig
 from animacy.collect.model import LoadedModel, load_model
 from animacy.collect.prompts import Prompt, render_conversation, render_prompt, system_text
@@ -166,11 +166,9 @@ class Stages:
         for cond, with_sys in (("with_prompt", True), ("without_prompt", False)):
             items = [(row, self._prompt(role, int(row.task_id[1:]), with_sys)) for row in resp.itertuples()
                      if len(row.token_ids)]
-            for batch in pack([len(p.ids) + len(r.token_ids) for r, p in items], self.cfg.max_batch_tokens):
-                chunk = [items[i] for i in batch]
-                res = self.backend.score_batch([p.ids for _, p in chunk], [list(r.token_ids) for r, _ in chunk],
-                                               capture=self.cfg.capture_layers,
-                                               project={layer: d for layer, (_, d) in monitor.items()})
+            for chunk, res in self._batches(items, lambda p: p.ids, lambda r: list(r.token_ids),
+                                            capture=self.cfg.capture_layers,
+                                            project={layer: d for layer, (_, d) in monitor.items()}):
                 for b, (row, p) in enumerate(chunk):
                     n = len(row.token_ids)
                     tokens.append(_token_rows(row.response_id, cond, None, None, None, row.token_ids,
@@ -199,6 +197,14 @@ class Stages:
             tables["projections"] = pa.concat_tables(projections)
         return Output(tables, {"token_rows": sum(t.num_rows for t in tokens), "activations": len(acts)},
                       files={f"norms/score-{index:04d}.json": {"sum": norm_sum, "n": norm_n}})
+
+    def _batches(self, items: list[tuple], prompt_ids, continuation, **kwargs):
+        """Score (row, prompt) items in batches packed to `max_batch_tokens`, halving a batch that runs out of
+        device memory: yields (the items of a batch, its ScoreResult)."""
+        for batch in pack([len(prompt_ids(p)) + len(continuation(r)) for r, p in items], self.cfg.max_batch_tokens):
+            chunk = [items[i] for i in batch]
+            yield from halving(chunk, lambda part: self.backend.score_batch(
+                [prompt_ids(p) for _, p in part], [continuation(r) for r, _ in part], **kwargs))
 
     def monitored(self) -> dict[int, tuple[list[str], torch.Tensor]]:
         """{layer: (direction names, [K, H] unit directions)} of `[monitor]`, from the run it names; {} when
@@ -414,10 +420,7 @@ class Stages:
         monitor = {layer: v[None] for layer, v in per_layer.items()}
         items = [(row, prompts[int(row["question_id"][1:])]) for row in rows if row["n_tokens"]]
         projections = []
-        for batch in pack([len(p) + row["n_tokens"] for row, p in items], self.cfg.max_batch_tokens):
-            chunk = [items[i] for i in batch]
-            res = self.backend.score_batch([p for _, p in chunk], [row["token_ids"] for row, _ in chunk],
-                                           project=monitor)
+        for chunk, res in self._batches(items, lambda p: p, lambda row: row["token_ids"], project=monitor):
             for b, (row, p) in enumerate(chunk):
                 for layer in monitor:
                     projections.append(_projection_rows(

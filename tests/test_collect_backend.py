@@ -148,3 +148,53 @@ def test_counter_based_draws_depend_on_seed_and_step_alone_and_sample_the_distri
         se = np.sqrt(want * (1 - want) / len(seeds))
         assert np.all(np.abs(freq - want) <= 4 * se + 1e-12), (top_p, freq, want)
     assert (sample_tokens(logits, 0.0, 1.0, u) == 0).all()
+
+
+class _CardLimit:
+    """A stand-in for a card's memory (this machine has no GPU): a forward pass over more than `rows`
+    sequences raises torch's out-of-memory error, as CUDA would."""
+
+    def __init__(self, model, rows: int) -> None:
+        self.rows, self.hits = rows, 0
+        self.handle = model.get_decoder().register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        if x is not None and x.shape[0] > self.rows:
+            self.hits += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (stand-in)")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_results(smollm2, backend):
+    """Scoring, a steering sweep and batched generation that run out of device memory are retried in
+    halves until they fit, with the results they give at full size; one sequence that cannot fit is a
+    clear error."""
+    prompts = [render_prompt(smollm2.tokenizer, q, None).ids for q in (USER, "Describe rain.", "Name a tree.")]
+    gens = backend.generate_many(prompts * 2, [1, 2, 3, 4, 5, 6], Sampling(0.7, max_tokens=6))
+    full = backend.score_batch(prompts * 2, [g.ids for g in gens], capture=[5])
+    layer = {5: torch.nn.functional.normalize(torch.randn(576, generator=torch.Generator().manual_seed(0)), dim=0)}
+    sweep = Intervention("add", layer, torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]), "all", {5: 10.0})
+    want_sweep = backend.score(prompts[0], gens[0].ids, sweep).log_probs
+    with _CardLimit(smollm2.model, rows=2) as limit:
+        again = backend.generate_many(prompts * 2, [1, 2, 3, 4, 5, 6], Sampling(0.7, max_tokens=6))
+        assert [g.ids for g in again] == [g.ids for g in gens]
+        from animacy.collect.backend import halving
+
+        parts = list(halving(list(range(6)), lambda rows: backend.score_batch(
+            [(prompts * 2)[i] for i in rows], [gens[i].ids for i in rows], capture=[5])))
+        assert [len(rows) for rows, _ in parts] == [1, 2, 1, 2]  # 6 -> 3 + 3 -> (1 + 2) + (1 + 2)
+        for rows, res in parts:
+            for b, i in enumerate(rows):
+                n = len(gens[i].ids)
+                torch.testing.assert_close(res.log_probs[b, :n], full.log_probs[i, :n], atol=1e-5, rtol=1e-5)
+        got_sweep = backend.score(prompts[0], gens[0].ids, sweep).log_probs
+        torch.testing.assert_close(got_sweep, want_sweep, atol=1e-5, rtol=1e-5)
+        assert limit.hits > 0
+    with _CardLimit(smollm2.model, rows=0), pytest.raises(ConfigError, match="single sequence does not fit"):
+        list(halving([0], lambda rows: backend.score_batch([prompts[0]], [gens[0].ids])))

@@ -496,3 +496,38 @@ def test_trait_steered_responses_and_their_offline_proxy(config, tmp_path):
     assert main(["analyze", str(out), "--out", str(tmp_path / "a"), "--no-umap", "--quiet"]) == 0
     curves = pd.read_csv(tmp_path / "a" / "trait_curves.csv")
     assert set(curves["measure"]) == {"projection (layer 5)"} and set(curves["magnitude"]) == {0.0, 0.2}
+
+
+def test_a_run_that_runs_out_of_device_memory_halves_its_batches_and_never_writes_a_partial_part(
+        config, full_run, tmp_path, monkeypatch, capsys):
+    """With a stand-in for a card that fits one sequence per forward pass, the run halves every batch and
+    gives the tables of the unconstrained run (to float rounding); with a card that fits none it stops with
+    a clear error (exit 2), and the job it was on has neither a part nor a done marker."""
+    import numpy as np
+
+    from animacy.collect import stages
+
+    real = stages.load_model
+    for rows, name in ((1, "halved"), (0, "none")):
+        monkeypatch.setattr(stages, "load_model", lambda *a, _rows=rows, **k: _limited(real(*a, **k), _rows))
+        code = main(["collect", "run", str(config), "--out", str(tmp_path / name), "--quiet"])
+        if rows:
+            assert code == 0
+            a, b = _tables(full_run), _tables(tmp_path / name)
+            for table in TABLES:
+                num = [c for c in a[table].columns if a[table][c].dtype.kind == "f" or c == "values"]
+                pd.testing.assert_frame_equal(a[table].drop(columns=num), b[table].drop(columns=num), obj=table)
+                for c in num:
+                    x, y = (np.stack(t[table][c].map(np.asarray)) for t in (a, b))
+                    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4, err_msg=f"{table}.{c}")
+        else:
+            assert code == 2 and "does not fit in the device's memory" in capsys.readouterr().err
+            out = tmp_path / name
+            assert not list(out.glob("responses/*.parquet")) and not list(out.glob("_jobs/gen-*.done"))
+
+
+def _limited(lm, rows):
+    from tests.test_collect_backend import _CardLimit
+
+    _CardLimit(lm.model, rows)
+    return lm
