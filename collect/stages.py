@@ -23,7 +23,7 @@ import torch
 from animacy.collect import vectors as vec
 from animacy.collect.backend import Intervention, Sampling, TransformersBackend, halving, pack
 from animacy.collect.config import StudyConfig
-from animacy.collect.model import LoadedModel, load_model
+from animacy.collect.model import LoadedModel, describe_model, load_model
 from animacy.collect.prompts import Prompt, render_conversation, render_prompt, system_text
 from animacy.collect.vllm_backend import VLLMBackend
 from animacy.errors import ConfigError
@@ -104,13 +104,49 @@ class Stages:
         self._vllm: VLLMBackend | None = None
         self._monitored: dict[int, tuple[list[str], torch.Tensor]] | None = None
         self._user: TransformersBackend | None = None
+        self._described: tuple[object, dict] | None = None
 
     @property
     def lm(self) -> LoadedModel:
+        """The transformers model (scoring, steering, and generation unless vLLM generates), loaded on first
+        use; with vLLM, never while its engine holds the card (`release_generator` first)."""
         if self._lm is None:
+            if self._vllm is not None:
+                self.release_generator()
             self._lm = load_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype, self.cfg.device)
-            self.backend = TransformersBackend(self._lm.model, self._lm.tokenizer, self.cfg.generation_batch)
+            self._backend = TransformersBackend(self._lm.model, self._lm.tokenizer, self.cfg.generation_batch)
         return self._lm
+
+    @property
+    def backend(self) -> TransformersBackend:
+        """The transformers backend of `lm` (loading it on first use)."""
+        self.lm  # noqa: B018 -- loads the model and its backend
+        return self._backend
+
+    def _description(self) -> tuple[object, dict]:
+        if self._lm is not None:
+            return self._lm.tokenizer, self._lm.info
+        if self.cfg.generator != "vllm":  # transformers generates: the model is needed now anyway
+            return self.lm.tokenizer, self.lm.info
+        if self._described is None:
+            self._described = describe_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype,
+                                             self.cfg.device)
+        return self._described
+
+    @property
+    def tokenizer(self):
+        return self._description()[0]
+
+    @property
+    def info(self) -> dict:
+        """The manifest's model info; with vLLM, read without loading the weights."""
+        return self._description()[1]
+
+    def release_generator(self) -> None:
+        """Shut the vLLM engine down and check its memory went back to the driver (before the scorer loads)."""
+        if self._vllm is not None:
+            engine, self._vllm = self._vllm, None
+            engine.release()
 
     @property
     def steered_roles(self) -> list[int]:
@@ -118,7 +154,7 @@ class Stages:
 
     def _prompt(self, role: str, task: int, with_system: bool) -> Prompt:
         system = system_text(self.cfg.system_template, role) if with_system and role != NO_PROMPT_ROLE else None
-        return render_prompt(self.lm.tokenizer, self.cfg.tasks[task], system, role, self.cfg.no_prompt)
+        return render_prompt(self.tokenizer, self.cfg.tasks[task], system, role, self.cfg.no_prompt)
 
     @property
     def sampling(self) -> Sampling:
@@ -128,10 +164,12 @@ class Stages:
     def generator(self) -> TransformersBackend | VLLMBackend:
         """The generation backend: both take `generate_many(prompt ids, seeds, Sampling)`."""
         if self.cfg.generator != "vllm":
-            self.lm  # noqa: B018 -- loads the model and its backend
             return self.backend
         if self._vllm is None:
-            self._vllm = VLLMBackend(self.lm.info["source"], self.cfg.dtype)
+            if self._lm is not None:
+                raise ConfigError(self.cfg.path, "the transformers model is loaded: the vLLM engine would need the "
+                                  "card beside it", hint="Generate every response before scoring (the runner does).")
+            self._vllm = VLLMBackend(self.info["source"], self.cfg.dtype)
         return self._vllm
 
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list:
@@ -319,7 +357,6 @@ class Stages:
         """The model that writes generated user turns: the study's own, or `user_model` (loaded once)."""
         source = self.cfg.conversations.user_model
         if not source or source == self.cfg.model_source:
-            self.lm  # noqa: B018 -- loads the model and its backend
             return self.backend
         if self._user is None:
             lm = load_model(source, None, self.cfg.dtype, self.cfg.device)

@@ -32,6 +32,7 @@ class VLLMBackend:
             raise ConfigError("model.generator = 'vllm'", "vLLM is not installed in this environment",
                               hint=hint) from exc
         self.vllm = vllm
+        self.free_before = _free_gib()
         self.llm = llm if llm is not None else vllm.LLM(
             model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
             enable_prefix_caching=True, seed=0)
@@ -49,6 +50,35 @@ class VLLMBackend:
             gens.append(Generation(list(c.token_ids), c.text, "stop" if c.finish_reason == "stop" else "length"))
         return gens
 
+    def release(self, tolerance_gib: float = 1.0) -> None:
+        """Shut the engine down and give its memory back to the driver, then check it did: the device's free
+        memory must be back within `tolerance_gib` of what it was before the engine started, or the scorer
+        would load beside a ghost engine (a ConfigError says how much is still held)."""
+        import contextlib
+        import gc
+
+        llm, self.llm = self.llm, None
+        engine = getattr(llm, "llm_engine", None)
+        if callable(getattr(engine, "shutdown", None)):
+            engine.shutdown()
+        del llm, engine
+        with contextlib.suppress(ImportError, AttributeError, AssertionError, RuntimeError):
+            from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        after = _free_gib()
+        if self.free_before is not None and after is not None and after < self.free_before - tolerance_gib:
+            raise ConfigError("model.generator = 'vllm'", f"the vLLM engine did not give its memory back: "
+                              f"{self.free_before - after:.1f} GiB are still held after it shut down",
+                              hint="Generate in one process and score in another: stop after generation, "
+                                   "then resume the run (it skips the finished generation jobs).")
+
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int,
                  top_p: float = 1.0) -> Generation:
         return self.generate_many([prompt_ids], [seed], Sampling(temperature, top_p, max_tokens=max_new_tokens))[0]
@@ -60,3 +90,10 @@ class VLLMBackend:
         out = self.llm.generate([{"prompt_token_ids": ids}], sampling_params=[params], use_tqdm=False)[0]
         lps = out.prompt_logprobs[len(prompt_ids):]
         return np.array([lp[t].logprob for lp, t in zip(lps, continuation)], dtype=np.float64)
+
+
+def _free_gib() -> float | None:
+    """Free device memory in GiB (None without CUDA)."""
+    import torch
+
+    return torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None

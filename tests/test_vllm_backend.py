@@ -34,20 +34,28 @@ class FakeVLLM(types.ModuleType):
         self.calls: list = []
         self.returned: list = []
         self.init_kwargs: dict = {}
+        self.events: list[str] = []  # engine start, generate, shutdown: in order
         fake = self
 
         class SamplingParams:
             def __init__(self, **kw):
                 self.kw = kw
 
+        class Engine:
+            def shutdown(self):
+                fake.events.append("engine shutdown")
+
         class LLM:
             def __init__(self, **kw):
                 fake.init_kwargs = kw
+                fake.events.append("engine start")
+                self.llm_engine = Engine()
 
             def generate(self, prompts, sampling_params, use_tqdm=True):
                 """Random outputs (seeded by the request's seed), recorded in `fake.returned` so that tests
                 compare the backend's parsing with what the engine answered."""
                 fake.calls.append((prompts, sampling_params))
+                fake.events.append("generate")
                 outs = []
                 for p, sp in zip(prompts, sampling_params):
                     ids = p["prompt_token_ids"]
@@ -123,3 +131,35 @@ def test_the_runner_generates_through_vllm_and_scores_with_transformers(fake_vll
     assert (resp["n_tokens"] == resp["token_ids"].map(len)).all()
     assert r.manifest["generation"]["generator"] == "vllm"
     assert set(r.manifest["generation"]["sampling"]) >= {"temperature", "top_p", "top_k", "max_tokens"}
+
+
+
+def test_the_engine_generates_first_and_is_gone_before_the_scorer_loads(fake_vllm, smollm2, tmp_path, monkeypatch):
+    """Issue 16: a 27B model cannot sit on one card twice. The run describes the model without loading its
+    weights, the vLLM engine generates every response, shuts down (its memory checked on CUDA), and only
+    then does the transformers scorer load."""
+    from animacy.collect import stages
+    from animacy.collect.config import load_config
+    from animacy.collect.model import load_model
+    from animacy.collect.runner import Runner
+    from animacy.run import Run
+    from tests.test_collect_run import CONFIG
+
+    def recorded_load(*a, **k):
+        fake_vllm.events.append("transformers load")
+        return load_model(*a, **k)
+
+    monkeypatch.setattr(stages, "load_model", recorded_load)
+    cfg_path = tmp_path / "v.toml"
+    cfg_path.write_text(CONFIG.replace('source = "smollm2"', 'source = "smollm2"\ngenerator = "vllm"')
+                        .replace("magnitudes = [0.0, 0.1]", "magnitudes = []").replace("cap_taus = [0.05]", "")
+                        .replace('[word_guess]\nprompt = "Which word describes you? One word."', ""))
+    run = Runner(load_config(cfg_path), tmp_path / "run", quiet=True).run()
+    events = fake_vllm.events
+    assert events[0] == "engine start" and events.count("generate") == 4
+    assert events.index("engine shutdown") > max(i for i, e in enumerate(events) if e == "generate")
+    assert events.index("transformers load") > events.index("engine shutdown")
+    assert events.count("transformers load") == 1 and events.count("engine start") == 1
+    manifest = Run(run).manifest
+    assert manifest["model"] == smollm2.info  # described without the weights, as the loaded model says
+    Run(run).validate()
