@@ -35,9 +35,26 @@ def test_flops_per_token_of_real_configs(name, params_b, gflop):
     assert shape.flops_per_token() / 1e9 == pytest.approx(gflop, rel=0.03)
 
 
-def test_gpu_benchmark_code_path_runs_on_the_cpu():
+def test_gpu_benchmark_code_path_runs_on_the_cpu(tmp_path):
+    """Every measurement of the benchmark (scoring, the sweep and its two naive baselines, both generation
+    paths) runs on the CPU in quick mode, and a measured profile replaces a derived one in the file given."""
+    import json
+    import shutil
+
+    from animacy.collect.plan import PROFILES, load_profile
+
+    profiles = tmp_path / "profiles.json"
+    shutil.copy(PROFILES, profiles)
     res = subprocess.run([sys.executable, str(BENCH), "--model", "tiny", "--device", "cpu", "--seq", "64",
-                          "--batch-tokens", "256", "--gen-batch", "2", "--gen-tokens", "4", "--repeats", "1"],
+                          "--batch-tokens", "256", "--gen-batch", "2", "--gen-tokens", "4", "--quick",
+                          "--write-profile", "a100", "--profiles", str(profiles)],
                          capture_output=True, text=True, timeout=300, env=environment_without_r())
     assert res.returncode == 0, res.stderr
-    assert '"scoring_tokens_per_s"' in res.stdout and "sweep_steered_tokens_per_s" in res.stdout
+    result = json.loads(res.stdout.strip().splitlines()[-2])
+    for key in ("scoring_tokens_per_s", "sweep_steered_tokens_per_s", "one_batched_forward_seconds",
+                "one_forward_per_row_seconds", "generation_tokens_per_s", "generate_many_tokens_per_s"):
+        assert result[key] > 0, key
+    assert result["per_row_over_sweep"] > 1, "one forward per row is slower than the sweep"
+    a100 = load_profile("a100", profiles)
+    assert "measured" in a100["source"] and "tiny" in a100["models"] and "derive_from" not in a100
+    assert load_profile("h200", profiles) == load_profile("h200")  # the others are untouched
