@@ -237,13 +237,13 @@ def cmd_validate(a: argparse.Namespace) -> int:
     """Exit 0: valid and complete (or a table whose completeness is not recorded); 1: valid but
     incomplete, naming the jobs; 2: invalid, naming file, column and row."""
     from animacy.run import describe_missing
+    from animacy.schema import TABLES
     from animacy.sources import open_source
     from animacy.support import support
 
     with tempfile.TemporaryDirectory(prefix="animacy-import-") as work:
         run = open_source(a.source, work, a.roles_csv, a.columns)
-        tables = [n for n in ("roles", "responses", "tokens", "activations", "vectors_index", "word_guess", "labels")
-                  if run.has(n)]
+        tables = [n for n in TABLES if run.has(n)]  # every table of the contract the run holds
         supported = support(run)
         missing = run.missing_jobs()
     unrecorded = ("completeness not recorded (collected before runs recorded their jobs)"
