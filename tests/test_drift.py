@@ -77,3 +77,18 @@ def test_a_model_that_cannot_be_fitted_is_skipped_with_its_reason(n_roles):
     skipped: list[str] = []
     out = drift_models(data.head(3), skipped=skipped)
     assert out.empty and skipped and "assistant_axis at layer 10" in skipped[0]
+
+
+def test_the_drift_model_matches_lme4_on_the_same_conversations():
+    """The crossed random intercepts (conversation, role) of the drift model, fitted by the python engine
+    and by R's lme4 + lmerTest on the same simulated conversations: the same fixed effects."""
+    from animacy.analysis.mixed_r import r_available
+
+    if not r_available():
+        pytest.skip("R with lme4 + lmerTest (and rpy2) is not installed")
+    data = simulate(n_roles=10, reps=2, turns=3, seed=5)
+    py = drift_models(data, backend="python").set_index("term")
+    r = drift_models(data, backend="lme4").set_index("term")
+    np.testing.assert_allclose(py["estimate"], r.loc[py.index, "estimate"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(py["se"], r.loc[py.index, "se"], rtol=1e-3)
+    assert r["converged"].all()
