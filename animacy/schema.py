@@ -130,6 +130,8 @@ _LOG_PROB = Column(
     check_message="log-probabilities must be <= 0", description="log-probability of the token, natural log",
 )
 
+_REPLICATE = Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0")
+
 ROLES = Table(
     "roles",
     (
@@ -147,7 +149,7 @@ RESPONSES = Table(
         Column("response_id", "str"),
         Column("role", "str"),
         Column("task_id", "str"),
-        Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0"),
+        _REPLICATE,
         Column("seed", "int", nullable=True, description="generation seed; empty for imported tables"),
         Column("text", "str", nullable=True),
         Column("n_tokens", "int", nullable=True, check="n_tokens >= 0", check_message="n_tokens must be >= 0",
@@ -268,7 +270,7 @@ CONVERSATIONS = Table(
     (
         Column("conversation_id", "str"),
         Column("role", "str"),
-        Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0"),
+        _REPLICATE,
         Column("condition", "str", allowed=CONVERSATION_CONDITIONS),
         Column("tau", "float", nullable=True, description="the cap τ on the assistant axis; null unless capped"),
         Column("turn", "int", check="turn >= 0", check_message="turn must be >= 0"),
@@ -316,7 +318,7 @@ TRAIT_RESPONSES = Table(
         Column("question_id", "str"),
         Column("question", "str"),
         Column("magnitude", "float", description="steering magnitude along the trait vector (the run's units)"),
-        Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0"),
+        _REPLICATE,
         Column("seed", "int", description="the generation seed (the same at every magnitude)"),
         Column("text", "str", nullable=True),
         Column("n_tokens", "int", check="n_tokens >= 0", check_message="n_tokens must be >= 0"),
@@ -353,7 +355,7 @@ FLAT_TOKENS = Table(
         Column("role", "str"),
         Column("group", "str", required=False, description="may come from the roles CSV instead"),
         Column("task_id", "str"),
-        Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0"),
+        _REPLICATE,
         *(c for c in TOKENS.columns if c.name != "response_id"),
         Column("response_id", "str", required=False),
     ),

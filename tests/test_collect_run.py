@@ -272,9 +272,7 @@ def test_a_monitored_study_records_exact_projections(config, full_run, tmp_path,
     from animacy.collect.prompts import render_prompt, system_text
     from animacy.collect.vectors import RoleVectors
 
-    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
-    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
-    text = text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
+    text = _unsteered(config)
     text += (f'\n[monitor]\nvectors = "{full_run}"\n'
              'directions = ["assistant_axis", "sock/role_minus_assistant_response"]\nlayers = [5]\n')
     cfg = tmp_path / "monitor.toml"
@@ -326,9 +324,7 @@ max_new_tokens = 6
 def test_a_user_model_writes_the_user_turns_seeded(config, tmp_path):
     """Generated user turns: the opening line, then the (same) model answering from the user's side, seeded
     per turn, so a rerun writes the same conversation."""
-    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
-    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
-    text = text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
+    text = _unsteered(config)
     conv = ('\n[conversations]\nroles = ["sock"]\nreplicates = 2\nn_turns = 3\nopening = "Hi! Who are you?"\n'
             "layers = [5]\nmax_new_tokens = 5\n")
     cfg = tmp_path / "user.toml"
@@ -356,15 +352,8 @@ def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, t
     from animacy.collect.prompts import render_conversation, system_text
     from animacy.collect.vectors import RoleVectors, magnitude_unit
 
-    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
-    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
-    text = text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
-    cfg = tmp_path / "conv.toml"
-    cfg.write_text(text + CONVERSATIONS)
-    out = tmp_path / "conv"
-    assert main(["collect", "run", str(cfg), "--out", str(out), "--quiet"]) == 0
-    run = Run(out)
-    run.validate()
+    run = _collected(_unsteered(config) + CONVERSATIONS, tmp_path / "conv")
+    out = run.path
     conv = run.read("conversations")
     assert len(conv) == 2 * 2 * 3 * 3  # roles x replicates x (free, capped, ablated) x turns
     assert set(conv["condition"]) == {"conversation", "conversation_capped", "conversation_ablated"}
@@ -458,15 +447,8 @@ def test_trait_steered_responses_and_their_offline_proxy(config, tmp_path):
     from animacy.collect.prompts import render_prompt
     from animacy.collect.vectors import RoleVectors, magnitude_unit
 
-    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
-    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
-    text = text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
-    cfg = tmp_path / "trait.toml"
-    cfg.write_text(text + TRAIT)
-    out = tmp_path / "trait"
-    assert main(["collect", "run", str(cfg), "--out", str(out), "--quiet"]) == 0
-    run = Run(out)
-    run.validate()
+    run = _collected(_unsteered(config) + TRAIT, tmp_path / "trait")
+    out = run.path
     resp = run.read("trait_responses")
     assert len(resp) == 2 * 2 * 2 and set(resp["magnitude"]) == {0.0, 0.2}  # questions x replicates x magnitudes
     seeds = resp.pivot_table(index=["question_id", "replicate"], columns="magnitude", values="seed")
@@ -531,3 +513,21 @@ def _limited(lm, rows):
 
     _CardLimit(lm.model, rows)
     return lm
+
+
+def _unsteered(config: Path) -> str:
+    """The tiny study's config without its steering, capping, ablation and word guess (for tests of the
+    other stages)."""
+    text = config.read_text().replace("magnitudes = [0.0, 0.1]", "magnitudes = []")
+    text = text.replace("cap_taus = [0.05]\nablate = true\n", "")
+    return text.replace('[word_guess]\nprompt = "Which word describes you? One word."', "")
+
+
+def _collected(config_text: str, out: Path) -> Run:
+    """Collect the study `config_text` into `out` (its config written beside it) and validate the run."""
+    cfg = out.with_suffix(".toml")
+    cfg.write_text(config_text)
+    assert main(["collect", "run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    run = Run(out)
+    run.validate()
+    return run
