@@ -43,7 +43,7 @@ def plan_for(config: str, device_profile: str, model_shape: str | None = None,
     """The plan on a named card from stored rates and FLOP counts (collect/plan.py): printed; a study that
     does not fit the card is refused after the plan is shown (exit 2)."""
     from animacy.collect import plan as planning
-    from animacy.collect.stages import study_roles
+    from animacy.collect.study_roles import study_roles
 
     cfg = load_config(config)
     roles = study_roles(cfg)
@@ -61,7 +61,7 @@ def plan(config: str) -> dict:
 
     from animacy.collect.backend import TransformersBackend
     from animacy.collect.model import load_model
-    from animacy.collect.stages import study_roles
+    from animacy.collect.study_roles import study_roles
 
     cfg = load_config(config)
     roles = study_roles(cfg)

@@ -19,7 +19,8 @@ from pathlib import Path
 from animacy.atomic import write_json
 from animacy.collect import vectors as vec
 from animacy.collect.config import StudyConfig
-from animacy.collect.stages import Output, Stages, study_roles
+from animacy.collect.stages import Output, Stages
+from animacy.collect.study_roles import study_roles
 from animacy.errors import ConfigError
 from animacy.progress import progress
 from animacy.provenance import config_hash, provenance

@@ -69,3 +69,17 @@ def test_an_unknown_card_or_shape_is_a_clear_error(capsys):
     assert "known: h200, h100, a100" in capsys.readouterr().err
     assert main(["collect", "plan", str(ORIGINAL), "--device-profile", "h100", "--model-shape", "gpt5"]) == 2
     assert "unknown model shape 'gpt5'" in capsys.readouterr().err
+
+
+def test_the_plan_needs_neither_torch_nor_transformers():
+    """A laptop without the collector's extra can plan a GPU study (the named shape, the stored rates)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+            "from animacy.cli import main\n"
+            f"raise SystemExit(main(['collect', 'plan', {str(ORIGINAL)!r}, '--device-profile', 'h200', "
+            "'--model-shape', 'gemma3-27b']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "dominated by generation" in res.stdout
