@@ -74,10 +74,13 @@ def test_report_of_the_example_run_renders_and_draws_in_a_browser(tmp_path):
                   engine="nbclient")
     text = html.read_text()
     for section in ("Design", "Behaviour", "by token position", "Steering effectiveness", "Mixed models",
-                    "norm ratings", "Geometry", "Word-guess", "Direction validation"):
+                    "norm ratings", "Geometry", "Word-guess", "Direction validation", "Ablating the assistant axis",
+                    "Persona drift over a conversation", "Trait expression under steering"):
         assert section in text, section
+    for absent in ("holds no conversations", "steered no trait", "did not ablate"):  # the example has them all
+        assert absent not in text, absent
     assert "Traceback" not in text and "Error" not in text.split("<body")[1][:200000].replace("errorbar", "")
-    _browser_check(html, ARTIFACTS / "report-example.png", min_charts=10)
+    _browser_check(html, ARTIFACTS / "report-example.png", min_charts=13)
 
 
 def test_report_of_a_simulated_study_renders(tmp_path):
