@@ -6,7 +6,8 @@ the residual stream sits along the assistant axis at each turn, freely and cappe
 - `drift_curves`: per arm (free, or capped at a τ), layer and turn, the mean over roles of each role's mean
   projection, with a role-clustered bootstrap interval.
 - `drift_models`: `projection ~ turn * arm + (1 | conversation_id) + (1 | role)` per direction and layer
-  (the free arm is the reference: `turn` is the free drift per turn, `turn:arm[...]` how capping changes it).
+  (the free arm is the reference: `turn` is the free drift per turn, `turn:arm[...]` how capping changes it;
+  the ablated arm is left out of the assistant axis' own model, where its projection is 0 by construction).
 - `turn_behaviour`: per arm and turn, the rate of each label among the answers (role-clustered intervals)
   and their mean log-prob.
 
@@ -28,7 +29,7 @@ import pandas as pd
 from animacy.analysis.bootstrap import MIN_CLUSTERS, role_interval
 from animacy.analysis.mixed import fit_many
 from animacy.run import Run, connect
-from animacy.schema import CONVERSATION_CONDITIONS
+from animacy.schema import AXIS, CONVERSATION_CONDITIONS
 
 DRIFT_FORMULA = "projection ~ turn * arm + (1 | conversation_id) + (1 | role)"
 FREE = "free"
@@ -86,8 +87,10 @@ def drift_models(per_turn: pd.DataFrame, backend: str = "python", formula: str =
                  skipped: list[str] | None = None) -> pd.DataFrame:
     """The drift model per direction and layer: fixed effects with their fit's convergence and messages
     beside them. A direction and layer that cannot be fitted is listed in `skipped` with the reason."""
-    jobs = {key: (part, formula, f"the conversation turns of {key[0]} at layer {key[1]}")
-            for key, part in per_turn.groupby(["direction", "layer"], sort=True) if part["arm"].nunique() > 1
+    # the ablated arm's projection on the axis it ablates is 0 by construction: it tells the model nothing
+    data = per_turn[~((per_turn["direction"] == AXIS) & (per_turn["arm"] == ABLATED_ARM))]
+    jobs = {key: (_used_arms(part), formula, f"the conversation turns of {key[0]} at layer {key[1]}")
+            for key, part in data.groupby(["direction", "layer"], sort=True) if part["arm"].nunique() > 1
             or "arm" not in formula}
     fits = fit_many(jobs, backend, keep_errors=True)
     tables = []
@@ -100,6 +103,12 @@ def drift_models(per_turn: pd.DataFrame, backend: str = "python", formula: str =
                                        n_roles=fit.n_groups.get("role"), converged=fit.converged,
                                        messages="; ".join(fit.messages)))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _used_arms(part: pd.DataFrame) -> pd.DataFrame:
+    """The arms a model's rows hold, no others (an empty arm would be a column of zeros in its design)."""
+    arms = part["arm"]
+    return part.assign(arm=arms.cat.remove_unused_categories()) if isinstance(arms.dtype, pd.CategoricalDtype) else part
 
 
 def turn_behaviour(conversations: pd.DataFrame, labels: pd.DataFrame | None, n_boot: int = 1000,

@@ -92,3 +92,17 @@ def test_the_drift_model_matches_lme4_on_the_same_conversations():
     np.testing.assert_allclose(py["estimate"], r.loc[py.index, "estimate"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(py["se"], r.loc[py.index, "se"], rtol=1e-3)
     assert r["converged"].all()
+
+
+def test_the_ablated_arm_is_left_out_of_the_axis_own_model_but_kept_for_other_directions():
+    base = simulate(n_roles=8, reps=2, turns=3)
+    ablated = base[base.arm == "free"].assign(arm="axis ablated", projection=0.0,
+                                              conversation_id=lambda d: d["conversation_id"] + "|ab")
+    other = base.assign(direction="trait:x")
+    data = pd.concat([base, ablated, other, ablated.assign(direction="trait:x", projection=np.random.default_rng(1)
+                                                                   .normal(size=len(ablated)))])
+    data = data.assign(arm=pd.Categorical(data["arm"], categories=["free", "capped τ=0.1", "axis ablated"]))
+    fixed = drift_models(data)
+    axis_terms = set(fixed.loc[fixed.direction == "assistant_axis", "term"])
+    assert not any("ablated" in t for t in axis_terms) and "turn:arm[T.capped τ=0.1]" in axis_terms
+    assert "turn:arm[T.axis ablated]" in set(fixed.loc[fixed.direction == "trait:x", "term"])
