@@ -11,7 +11,8 @@ slight underestimate at long contexts). Measured, each after a warm-up:
 - a steering sweep (6 derivations x 4 magnitudes on one response per call): steered tokens/s, against the
   two naive baselines measured in the same run: every row in one batched forward, and one forward per row;
 - generation: `model.generate` (batched greedy, `--gen-batch` sequences) and the project's own
-  `generate_many` (counter-seeded sampling, the same batch): generated tokens/s;
+  `generate_many` (counter-seeded sampling, the same batch), plain and with `compile_decoding` (a static
+  KV cache, decoding steps compiled, CUDA graphs on a GPU): generated tokens/s;
 - peak GPU memory.
 
 `--quick` shortens every measurement (one repeat, shorter sequences) to fit a short GPU lease (under 3
@@ -75,6 +76,8 @@ def main() -> None:
     p.add_argument("--write-profile", default=None, metavar="CARD",
                    help="store the measured rates as the plan's profile for CARD (in --profiles)")
     p.add_argument("--profiles", default=None, help="the profiles file (default: data/device_profiles.json)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the compiled-decoding measurement ('eager' for a smoke run)")
     a = p.parse_args()
     if a.quick:
         a.repeats, a.seq, a.batch_tokens = 1, min(a.seq, 256), min(a.batch_tokens, 8192)
@@ -118,6 +121,11 @@ def main() -> None:
     ids = prompts.tolist()
     t_many = timed(lambda: be.generate_many(ids, list(range(a.gen_batch)), Sampling(1.0, max_tokens=a.gen_tokens)),
                    a.device, 1)
+    fast = TransformersBackend(model, be.tokenizer, a.gen_batch, compile_decoding=True,
+                               compile_backend=a.compile_backend)
+    fast.eos = set()
+    t_fast = timed(lambda: fast.generate_many(ids, list(range(a.gen_batch)), Sampling(1.0, max_tokens=a.gen_tokens)),
+                   a.device, 1)  # the warm-up call compiles
     result = {
         "model": a.model, "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else a.device,
         "parameters": sum(q.numel() for q in model.parameters()), "gflop_per_token": fpt / 1e9,
@@ -128,6 +136,7 @@ def main() -> None:
         "batched_over_sweep": t_batched / t_sweep, "per_row_over_sweep": t_rows / t_sweep,
         "generation_tokens_per_s": a.gen_batch * a.gen_tokens / t_gen,
         "generate_many_tokens_per_s": a.gen_batch * a.gen_tokens / t_many,
+        "generate_many_compiled_tokens_per_s": a.gen_batch * a.gen_tokens / t_fast,
         "peak_memory_gb": (torch.cuda.max_memory_allocated() / 2**30) if a.device.startswith("cuda") else None,
     }
     for k, v in result.items():
@@ -157,7 +166,8 @@ def write_profile(card: str, a, result: dict, score_tps: float, sweep_tps: float
                   "peak_tflops_bf16": a.peak_tflops})
     entry.setdefault("models", {})[a.model] = {
         "scoring_mfu": result["scoring_mfu"], "scoring_tok_s": score_tps, "steering_tok_s": sweep_tps,
-        "generation_tok_s": result["generate_many_tokens_per_s"], "generation_batch": a.gen_batch}
+        "generation_tok_s": max(result["generate_many_tokens_per_s"], result["generate_many_compiled_tokens_per_s"]),
+        "generation_batch": a.gen_batch}
     profiles[card] = entry
     write_json(profiles, path)
     print(f"wrote the {card} profile to {path}")

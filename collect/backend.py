@@ -115,10 +115,13 @@ class ScoreResult:
 class TransformersBackend:
     """The transformers implementation (CPU or CUDA)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, generation_batch: int = 8) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, generation_batch: int = 8, compile_decoding: bool = False,
+                 compile_backend: str = "inductor") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.generation_batch = generation_batch
+        self.compile_decoding, self.compile_backend = compile_decoding, compile_backend
+        self._compiled = None
         self.layers = decoder_layers(model)
         cfg = model.config.get_text_config()
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
@@ -173,8 +176,9 @@ class TransformersBackend:
         monitors = {layer: Project(d.to(self.device)) for layer, d in (monitor or {}).items()}
         for layer, m in monitors.items():
             per_layer.setdefault(layer, []).append(m)
-        with hooks(self.model, per_layer):
-            out, done, logp = self._decode(prompts, seeds, max_new_tokens, temperature, top_p, bool(monitors))
+        with hooks(self.model, per_layer):  # compiled decoding only for plain generation (no hooks)
+            out, done, logp = self._decode(prompts, seeds, max_new_tokens, temperature, top_p, bool(monitors),
+                                           self.compile_decoding and not per_layer)
         gens = [Generation(o, self.tokenizer.decode(o, skip_special_tokens=True), "stop" if d else "length", lp)
                 for o, d, lp in zip(out, done, logp)]
         for layer, m in monitors.items():  # token j's residual is computed when it is fed back, at pass j + 1
@@ -185,10 +189,22 @@ class TransformersBackend:
                                         np.zeros((0, m.directions.shape[0])))
         return gens
 
+    def _step(self):
+        """The model's forward for single-token decoding steps, compiled once (CUDA graphs on a GPU)."""
+        if self._compiled is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" and self.compile_backend == "inductor" else None
+            self._compiled = torch.compile(self.model, dynamic=False, backend=self.compile_backend, mode=mode)
+        return self._compiled
+
     def _decode(self, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
-                top_p: float, feed_last: bool) -> tuple[list[list[int]], list[bool], list[list[float]]]:
+                top_p: float, feed_last: bool,
+                static: bool = False) -> tuple[list[list[int]], list[bool], list[list[float]]]:
         """The decoding loop of `_generate_batch` (hooks already in place); `feed_last` runs one more pass
-        over the last tokens of responses cut by the length limit, so their residuals are seen too."""
+        over the last tokens of responses cut by the length limit, so their residuals are seen too.
+
+        `static`: a static KV cache and an attention mask of fixed shape (prompt + every new token, future
+        positions masked), so every decoding step has the same shapes and runs compiled (`_step`); the
+        same tokens as the dynamic cache (tested)."""
         B, P = len(prompts), max(map(len, prompts))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((B, P), pad, dtype=torch.long, device=self.device)
@@ -199,15 +215,35 @@ class TransformersBackend:
         out: list[list[int]] = [[] for _ in range(B)]
         logp: list[list[float]] = [[] for _ in range(B)]
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        cache, step_ids = None, ids
+        cache, n = None, P  # tokens in the sequence so far
+        if static:
+            from transformers import StaticCache
 
-        def forward(step_ids, mask, cache):
-            pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
-            res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-            return res, getattr(res, "cache", None) or res.past_key_values
+            cache = StaticCache(config=self.model.config, max_cache_len=P + max_new_tokens)
+            mask = torch.cat([mask, torch.zeros((B, max_new_tokens), dtype=torch.long, device=self.device)], dim=1)
 
+        def forward(step_ids, live):
+            """Prefill (`live` None), or feed one token per row (finished rows masked out)."""
+            nonlocal cache, mask, n
+            if live is not None:
+                if static:
+                    mask[:, n] = live.long()
+                else:
+                    mask = torch.cat([mask, live.long()[:, None]], dim=1)
+                n += 1
+            if static and live is not None:
+                pos = mask[:, :n].sum(1, keepdim=True) - 1
+                return self._step()(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache,
+                                    use_cache=True)
+            m = mask[:, :n]
+            pos = (m.cumsum(1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
+            res = self.model(input_ids=step_ids, attention_mask=m, position_ids=pos, cache=cache, use_cache=True)
+            if not static:
+                cache = getattr(res, "cache", None) or res.past_key_values
+            return res
+
+        res = forward(ids, None)
         for step in range(max_new_tokens):
-            res, cache = forward(step_ids, mask, cache)
             logits = res.logits[:, -1].float()
             nxt = sample_tokens(logits, temperature, top_p, counter_uniform(seeds, step))
             lp = (logits.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)).tolist()
@@ -221,10 +257,8 @@ class TransformersBackend:
             if bool(done.all()):
                 break
             step_ids = torch.where(done, torch.full_like(nxt, pad), nxt)[:, None]
-            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
-        else:
-            if feed_last and not bool(done.all()):
-                forward(step_ids, mask, cache)
+            if step < max_new_tokens - 1 or feed_last:  # the last tokens are fed only to be monitored
+                res = forward(step_ids, ~done)
         return out, done.tolist(), logp
 
     def _log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

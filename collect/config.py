@@ -19,6 +19,7 @@ device = "cpu"                     # or "cuda"
 generator = "transformers"         # or "vllm" (GPU; scoring stays on transformers)
 max_batch_tokens = 4096            # scoring batches packed to this many (padded) tokens; raise on a GPU
 generation_batch = 8               # transformers generation: responses sampled together (a role's, in batches of 8)
+compile_decoding = false           # a static KV cache and compiled decoding steps (CUDA graphs): for GPUs
 
 [roles]
 table = "data/roles_demo.csv"      # a roles CSV with ratings, or the norms workbook
@@ -160,6 +161,7 @@ class StudyConfig:
     monitor_layers: list[int] = field(default_factory=list)
     traits: list[Trait] = field(default_factory=list)
     conversations: Conversations | None = None
+    compile_decoding: bool = False
 
     def resolve(self, name: str) -> Path:
         """A path the config names: as given if absolute, else beside the config file, else from the
@@ -204,7 +206,8 @@ def _list(section, key, kind, path, where, default=...):
 
 KEYS = {
     "study": {"name", "seed", "replicates", "temperature", "max_new_tokens", "system_template", "no_prompt", "tasks"},
-    "model": {"source", "revision", "dtype", "device", "generator", "max_batch_tokens", "generation_batch"},
+    "model": {"source", "revision", "dtype", "device", "generator", "max_batch_tokens", "generation_batch",
+              "compile_decoding"},
     "roles": {"table", "list", "per_group", "controls", "x", "y", "high", "low"},
     "capture": {"layers"},
     "steer": {"layers", "derivations", "magnitudes", "units", "position_mode", "cap_taus", "ablate", "score_tokens"},
@@ -293,6 +296,7 @@ def load_config(path: str | Path) -> StudyConfig:
         monitor_vectors=_get(mn, "vectors", str, p, "monitor", None),
         monitor_directions=_list(mn, "directions", str, p, "monitor", []),
         monitor_layers=_list(mn, "layers", int, p, "monitor", []),
+        compile_decoding=_get(mo, "compile_decoding", bool, p, "model", False),
     )
     if "conversations" in raw:
         cfg.conversations = _conversations(raw["conversations"], cfg)

@@ -79,7 +79,8 @@ class Stages:
             if self._vllm is not None:
                 self.release_generator()
             self._lm = load_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype, self.cfg.device)
-            self._backend = TransformersBackend(self._lm.model, self._lm.tokenizer, self.cfg.generation_batch)
+            self._backend = TransformersBackend(self._lm.model, self._lm.tokenizer, self.cfg.generation_batch,
+                                                self.cfg.compile_decoding)
         return self._lm
 
     @property

@@ -198,3 +198,21 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_results(smollm2, back
         assert limit.hits > 0
     with _CardLimit(smollm2.model, rows=0), pytest.raises(ConfigError, match="single sequence does not fit"):
         list(halving([0], lambda rows: backend.score_batch([prompts[0]], [gens[0].ids])))
+
+
+def test_compiled_decoding_with_a_static_cache_samples_the_same_tokens(smollm2):
+    """model.compile_decoding: a static KV cache, an attention mask of fixed shape and the decoding step
+    compiled (dynamo here; inductor with CUDA graphs on a GPU) give the tokens and log-probs of the plain
+    loop, for left-padded prompts of different lengths, rows that stop early, and the length limit."""
+    plain = TransformersBackend(smollm2.model, smollm2.tokenizer, 4)
+    fast = TransformersBackend(smollm2.model, smollm2.tokenizer, 4, compile_decoding=True, compile_backend="eager")
+    prompts = [render_prompt(smollm2.tokenizer, q, None).ids
+               for q in (USER, "Hi", "Describe rain in great detail, please.", "Say yes.", "Name a tree.")]
+    seeds = [3, 1, 4, 1, 5]
+    want = plain.generate_many(prompts, seeds, Sampling(0.8, max_tokens=20))
+    got = fast.generate_many(prompts, seeds, Sampling(0.8, max_tokens=20))
+    assert fast._compiled is not None, "the compiled step ran"
+    assert {g.finish_reason for g in want} == {"stop", "length"}, "both endings are exercised"
+    for w, g in zip(want, got):
+        assert (g.ids, g.finish_reason) == (w.ids, w.finish_reason)
+        torch.testing.assert_close(torch.tensor(g.log_probs), torch.tensor(w.log_probs), atol=1e-5, rtol=1e-5)
