@@ -76,6 +76,8 @@ def main() -> None:
     p.add_argument("--write-profile", default=None, metavar="CARD",
                    help="store the measured rates as the plan's profile for CARD (in --profiles)")
     p.add_argument("--profiles", default=None, help="the profiles file (default: data/device_profiles.json)")
+    p.add_argument("--experts", default=None, choices=["eager", "grouped_mm", "batched_mm"],
+                   help="a mixture of experts' expert matmuls (default: transformers' choice)")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend of the compiled-decoding measurement ('eager' for a smoke run)")
     a = p.parse_args()
@@ -86,6 +88,8 @@ def main() -> None:
         raise SystemExit("no CUDA device: run on a GPU, or --model tiny --device cpu for a smoke run")
     dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32
     model, cfg = build(a.model, a.device, dtype)
+    if a.experts and hasattr(model, "set_experts_implementation") and getattr(cfg, "num_experts", None):
+        model.set_experts_implementation(a.experts)
     # random weights need no real tokenizer: ids decode to nothing
     be = TransformersBackend(model, SimpleNamespace(pad_token_id=0, eos_token_id=1, decode=lambda ids, **k: ""))
     be.eos = set()  # random weights: never stop early
@@ -129,6 +133,8 @@ def main() -> None:
     result = {
         "model": a.model, "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else a.device,
         "parameters": sum(q.numel() for q in model.parameters()), "gflop_per_token": fpt / 1e9,
+        "experts_implementation": (model.get_experts_implementation() if getattr(cfg, "num_experts", None)
+                                   else None),
         "scoring_tokens_per_s": score_tps, "scoring_mfu": score_tps * fpt / (a.peak_tflops * 1e12),
         "ceiling_tokens_per_s": a.peak_tflops * 1e12 / fpt,
         "sweep_steered_tokens_per_s": sweep_tps, "sweep_seconds": t_sweep,

@@ -20,6 +20,7 @@ generator = "transformers"         # or "vllm" (GPU; scoring stays on transforme
 max_batch_tokens = 4096            # scoring batches packed to this many (padded) tokens; raise on a GPU
 generation_batch = 8               # transformers generation: responses sampled together (a role's, in batches of 8)
 compile_decoding = false           # a static KV cache and compiled decoding steps (CUDA graphs): for GPUs
+experts = "grouped_mm"             # mixtures of experts: eager | grouped_mm | batched_mm (default: transformers')
 
 [roles]
 table = "data/roles_demo.csv"      # a roles CSV with ratings, or the norms workbook
@@ -83,6 +84,7 @@ from animacy.schema import DERIVATIONS
 MODES = ("all", "prompt", "response")
 UNITS = ("relative", "absolute")
 GENERATORS = ("transformers", "vllm")
+EXPERTS = ("eager", "grouped_mm", "batched_mm")  # transformers' experts backends for mixtures of experts
 
 
 @dataclass
@@ -162,6 +164,7 @@ class StudyConfig:
     traits: list[Trait] = field(default_factory=list)
     conversations: Conversations | None = None
     compile_decoding: bool = False
+    experts: str | None = None
 
     def resolve(self, name: str) -> Path:
         """A path the config names: as given if absolute, else beside the config file, else from the
@@ -207,7 +210,7 @@ def _list(section, key, kind, path, where, default=...):
 KEYS = {
     "study": {"name", "seed", "replicates", "temperature", "max_new_tokens", "system_template", "no_prompt", "tasks"},
     "model": {"source", "revision", "dtype", "device", "generator", "max_batch_tokens", "generation_batch",
-              "compile_decoding"},
+              "compile_decoding", "experts"},
     "roles": {"table", "list", "per_group", "controls", "x", "y", "high", "low"},
     "capture": {"layers"},
     "steer": {"layers", "derivations", "magnitudes", "units", "position_mode", "cap_taus", "ablate", "score_tokens"},
@@ -297,6 +300,7 @@ def load_config(path: str | Path) -> StudyConfig:
         monitor_directions=_list(mn, "directions", str, p, "monitor", []),
         monitor_layers=_list(mn, "layers", int, p, "monitor", []),
         compile_decoding=_get(mo, "compile_decoding", bool, p, "model", False),
+        experts=_get(mo, "experts", str, p, "model", None),
     )
     if "conversations" in raw:
         cfg.conversations = _conversations(raw["conversations"], cfg)
@@ -379,6 +383,9 @@ def _check(c: StudyConfig) -> None:
                           column="steer.layers")
     if len({t.name for t in c.traits}) < len(c.traits):
         raise ConfigError(p, "two [[traits]] have the same name", column="traits.name")
+    if c.experts is not None and c.experts not in EXPERTS:
+        raise ConfigError(p, f"model.experts must be one of {', '.join(EXPERTS)}", column="model.experts",
+                          value=c.experts)
     if c.generator not in GENERATORS:
         raise ConfigError(p, f"model.generator must be one of {', '.join(GENERATORS)}", column="model.generator")
     if c.temperature < 0:

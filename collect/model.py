@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from animacy.collect.config import EXPERTS
 from animacy.errors import ConfigError
 from animacy.resources import cache_root
 
@@ -85,12 +86,31 @@ def _resolve(source: str, revision: str | None, gguf_file: str | None = None) ->
     return source, source, kwargs
 
 
+def _set_experts(model, experts: str | None) -> None:
+    """Choose how a mixture of experts runs its expert matmuls (transformers' experts interface)."""
+    if not experts:
+        return
+    if experts not in EXPERTS:
+        raise ConfigError("model.experts", f"unknown experts implementation {experts!r} (choose {', '.join(EXPERTS)})")
+    if _is_moe(model):
+        model.set_experts_implementation(experts)
+
+
+def _is_moe(model) -> bool:
+    cfg = model.config.get_text_config()
+    return bool(getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None)) and hasattr(
+        model, "set_experts_implementation")
+
+
 def _info(model, tok, ident: str, revision: str | None, path, dtype: str, device: str) -> dict:
-    return {"id": ident, "revision": revision, "source": str(path), "dtype": dtype, "device": device,
+    info = {"id": ident, "revision": revision, "source": str(path), "dtype": dtype, "device": device,
             "class": type(model).__name__, "n_layers": len(_layers(model)),
             "hidden_size": model.config.get_text_config().hidden_size,
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "chat_template_hash": template_hash(tok)}
+    if _is_moe(model):
+        info["experts_implementation"] = model.get_experts_implementation()
+    return info
 
 
 def _check(dtype: str, device: str) -> None:
@@ -101,7 +121,7 @@ def _check(dtype: str, device: str) -> None:
 
 
 def describe_model(source: str, revision: str | None = None, dtype: str = "float32",
-                   device: str = "cpu") -> tuple[object, dict]:
+                   device: str = "cpu", experts: str | None = None) -> tuple[object, dict]:
     """The tokenizer and the manifest's model info, without loading the weights (the model is built on the
     meta device): what a run needs before a vLLM engine generates, so that the scorer's weights load only
     once the engine has gone."""
@@ -117,11 +137,12 @@ def describe_model(source: str, revision: str | None = None, dtype: str = "float
                           hint="Give a local folder, or make the hub reachable.") from exc
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
+    _set_experts(model, experts)
     return tok, _info(model, tok, ident, revision, path, dtype, device)
 
 
 def load_model(source: str, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
-               gguf_file: str | None = None) -> LoadedModel:
+               gguf_file: str | None = None, experts: str | None = None) -> LoadedModel:
     """Load for inference (eval mode). `source`: 'smollm2', a local folder, or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -134,6 +155,7 @@ def load_model(source: str, revision: str | None = None, dtype: str = "float32",
         raise ConfigError("model.source", f"cannot load {source!r} ({exc})",
                           hint="Give a local folder, or make the hub reachable.") from exc
     model.to(device).eval()
+    _set_experts(model, experts)
     return LoadedModel(model, tok, _info(model, tok, ident, revision, path, dtype, device))
 
 

@@ -78,7 +78,8 @@ class Stages:
         if self._lm is None:
             if self._vllm is not None:
                 self.release_generator()
-            self._lm = load_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype, self.cfg.device)
+            self._lm = load_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype, self.cfg.device,
+                                  experts=self.cfg.experts)
             self._backend = TransformersBackend(self._lm.model, self._lm.tokenizer, self.cfg.generation_batch,
                                                 self.cfg.compile_decoding)
         return self._lm
@@ -96,7 +97,7 @@ class Stages:
             return self.lm.tokenizer, self.lm.info
         if self._described is None:
             self._described = describe_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype,
-                                             self.cfg.device)
+                                             self.cfg.device, self.cfg.experts)
         return self._described
 
     @property

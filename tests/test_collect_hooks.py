@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from animacy.collect.hooks import Addition, Cap, Record, decoder_layers, hooks, position_mask
@@ -195,3 +197,27 @@ def test_ablating_a_direction_orthogonal_to_the_residual_is_bit_identical(model)
     axis = q[:, -1].float()
     assert (rec.outputs[0][0] @ axis).abs().max() < 1e-4
     assert torch.equal(_logits(model, ids, {2: [Ablation(axis)]}), base)
+
+
+def test_the_experts_implementation_of_a_mixture_of_experts_changes_no_score(tmp_path):
+    """model.experts picks transformers' experts backend (eager, grouped_mm, batched_mm) for a mixture of
+    experts, recorded in the manifest's model info; scores and a steering sweep are the same under each."""
+    from animacy.collect.backend import Intervention, TransformersBackend
+    from animacy.collect.model import _info, _set_experts
+    from animacy.errors import ConfigError
+    model = tiny_qwen3_moe()
+    tok = types.SimpleNamespace(pad_token_id=0, eos_token_id=1, chat_template=None)
+    prompt, cont = list(range(5, 25)), list(range(30, 42))
+    vec = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(1)), dim=0)
+    sweep = Intervention("add", {1: vec}, torch.tensor([0.0, 2.0, 4.0]), "all")
+    results = {}
+    for impl in ("eager", "grouped_mm", "batched_mm"):
+        _set_experts(model, impl)
+        assert _info(model, tok, "tiny", None, "tiny", "float32", "cpu")["experts_implementation"][""] == impl
+        be = TransformersBackend(model, tok)
+        results[impl] = (be.score(prompt, cont).log_probs, be.score(prompt, cont, sweep).log_probs)
+    for impl in ("grouped_mm", "batched_mm"):
+        for got, want in zip(results[impl], results["eager"]):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="unknown experts implementation"):
+        _set_experts(model, "fastest")

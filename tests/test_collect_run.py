@@ -192,6 +192,8 @@ def test_two_shards_make_the_same_run(config, full_run, tmp_path):
     (lambda s: s + CONVERSATIONS.replace('roles = ["sock", "assistant"]', 'roles = ["ghost"]'),
      "conversations.roles names 'ghost'"),
     (lambda s: s + CONVERSATIONS.replace("turns = [", "turn = ["), "did you mean 'turns'"),
+    (lambda s: s.replace('source = "smollm2"', 'source = "smollm2"\nexperts = "fastest"'),
+     "model.experts must be one of eager, grouped_mm, batched_mm"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, edit, words, capsys):
     path = tmp_path / "bad.toml"
