@@ -174,8 +174,11 @@ def estimate(cfg: StudyConfig, n_roles: int, n_steered: int, shape: Shape, profi
 
     def gen_rate(batch: int) -> tuple[float, str]:
         if measured and cfg.generator == "transformers":
-            return measured["generation_tok_s"], (f"{measured['generation_tok_s']:,.0f} tok/s measured for "
-                                                  f"{shape.name} at batch {measured['generation_batch']}")
+            note = f"{measured['generation_tok_s']:,.0f} tok/s measured for {shape.name} at batch " \
+                   f"{measured['generation_batch']}"
+            if cfg.compile_decoding:
+                note += " (compile_decoding is on but not measured: an upper bound on time)"
+            return measured["generation_tok_s"], note
         step_bytes = shape.params_total * nbytes + batch * (P + R) * shape.kv_bytes_per_token(nbytes)
         rate = d["generation_bandwidth_efficiency"] * batch * profile["bandwidth_tb_s"] * 1e12 / step_bytes
         note = f"{rate:,.0f} tok/s from bandwidth x efficiency {d['generation_bandwidth_efficiency']}"
