@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from animacy.analysis.bootstrap import MIN_CLUSTERS, role_interval
+from animacy.analysis.bootstrap import clustered_mean
 from animacy.schema import ABLATED
 
 
@@ -29,9 +29,7 @@ def ablation_effects(means: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> 
     ab = ab.assign(effect=ab["mean_log_prob"] - ab["mean_log_prob_with"])
     rows = []
     for (cond, group), part in ab.groupby(["condition", "group"], sort=True, observed=True):
-        per_role = part.groupby("role", observed=True)["effect"].mean().to_numpy()
-        lo, hi = role_interval(per_role, n_boot, rng)
-        rows.append({"condition": cond, "group": group, "effect": per_role.mean(), "ci_low": lo, "ci_high": hi,
-                     "n_roles": len(per_role), "n_responses": part["response_id"].nunique(),
-                     "note": "" if len(per_role) >= MIN_CLUSTERS else f"fewer than {MIN_CLUSTERS} roles: no interval"})
+        effect, lo, hi, n, note = clustered_mean(part["effect"], part["role"], n_boot, rng)
+        rows.append({"condition": cond, "group": group, "effect": effect, "ci_low": lo, "ci_high": hi,
+                     "n_roles": n, "n_responses": part["response_id"].nunique(), "note": note})
     return pd.DataFrame(rows)

@@ -62,3 +62,14 @@ def role_interval(per_role: np.ndarray, n_boot: int, rng: np.random.Generator,
         return (nan, nan) if per_role.ndim > 1 else (np.nan, np.nan)
     boot = resample_means(per_role, n_boot, rng)
     return percentiles(boot, tail), percentiles(boot, 100 - tail)
+
+
+def clustered_mean(values, clusters, n_boot: int, rng: np.random.Generator,
+                   unit: str = "roles") -> tuple[float, float, float, int, str]:
+    """The mean over clusters (roles, or questions) of each cluster's mean of `values` (pandas Series,
+    clusters in sorted order), its cluster-bootstrap 95% interval, the number of clusters, and a note saying
+    why there is no interval where there are fewer than MIN_CLUSTERS: (mean, low, high, n, note)."""
+    per = values.groupby(clusters, observed=True).mean().to_numpy()
+    lo, hi = role_interval(per, n_boot, rng)
+    note = "" if len(per) >= MIN_CLUSTERS else f"fewer than {MIN_CLUSTERS} {unit}: no interval"
+    return float(per.mean()), lo, hi, len(per), note

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from animacy.analysis.bootstrap import MIN_CLUSTERS, role_interval
+from animacy.analysis.bootstrap import clustered_mean
 from animacy.analysis.mixed import fit_many
 from animacy.run import Run, connect
 from animacy.schema import AXIS, CONVERSATION_CONDITIONS
@@ -75,11 +75,9 @@ def drift_curves(per_turn: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> p
     rows = []
     keys = ["direction", "layer", "arm", "turn"]
     for key, part in per_turn.groupby(keys, sort=True, observed=True):
-        per_role = part.groupby("role", observed=True)["projection"].mean().to_numpy()
-        lo, hi = role_interval(per_role, n_boot, rng)
-        rows.append({**dict(zip(keys, key)), "projection": float(per_role.mean()), "ci_low": lo, "ci_high": hi,
-                     "n_roles": len(per_role), "n_conversations": part["conversation_id"].nunique(),
-                     "note": "" if len(per_role) >= MIN_CLUSTERS else f"fewer than {MIN_CLUSTERS} roles: no interval"})
+        projection, lo, hi, n, note = clustered_mean(part["projection"], part["role"], n_boot, rng)
+        rows.append({**dict(zip(keys, key)), "projection": projection, "ci_low": lo, "ci_high": hi, "n_roles": n,
+                     "n_conversations": part["conversation_id"].nunique(), "note": note})
     return pd.DataFrame(rows)
 
 
@@ -126,8 +124,7 @@ def turn_behaviour(conversations: pd.DataFrame, labels: pd.DataFrame | None, n_b
     rows = []
     for measure, df in measures:
         for (a, turn), part in df.dropna(subset=["value"]).groupby(["arm", "turn"], sort=True, observed=True):
-            per_role = part.groupby("role", observed=True)["value"].mean().to_numpy()
-            lo, hi = role_interval(per_role, n_boot, rng)
-            rows.append({"measure": measure, "arm": a, "turn": turn, "value": float(per_role.mean()),
-                         "ci_low": lo, "ci_high": hi, "n_roles": len(per_role), "n_answers": len(part)})
+            value, lo, hi, n, _ = clustered_mean(part["value"], part["role"], n_boot, rng)
+            rows.append({"measure": measure, "arm": a, "turn": turn, "value": value, "ci_low": lo, "ci_high": hi,
+                         "n_roles": n, "n_answers": len(part)})
     return pd.DataFrame(rows)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from animacy.analysis.bootstrap import MIN_CLUSTERS, role_interval
+from animacy.analysis.bootstrap import clustered_mean
 from animacy.run import Run, connect
 from animacy.schema import TRAIT_RESPONSE
 
@@ -62,11 +62,9 @@ def trait_curves(responses: pd.DataFrame, scores: pd.DataFrame | None, proxy: pd
     rows = []
     keys = ["trait", "measure", "magnitude"]
     for key, part in _measures(responses, scores, proxy).groupby(keys, sort=True):
-        per_q = part.groupby("question_id")["value"].mean().to_numpy()
-        lo, hi = role_interval(per_q, n_boot, rng)
-        rows.append({**dict(zip(keys, key)), "value": float(per_q.mean()), "ci_low": lo, "ci_high": hi,
-                     "n_questions": len(per_q), "n_responses": len(part),
-                     "note": "" if len(per_q) >= MIN_CLUSTERS else f"fewer than {MIN_CLUSTERS} questions: no interval"})
+        value, lo, hi, n, note = clustered_mean(part["value"], part["question_id"], n_boot, rng, "questions")
+        rows.append({**dict(zip(keys, key)), "value": value, "ci_low": lo, "ci_high": hi, "n_questions": n,
+                     "n_responses": len(part), "note": note})
     return pd.DataFrame(rows)
 
 

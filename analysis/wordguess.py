@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from animacy.analysis.bootstrap import MIN_CLUSTERS, role_interval
+from animacy.analysis.bootstrap import clustered_mean
 from animacy.analysis.groups import apply_rule
 from animacy.analysis.mixed import fit_by
 from animacy.errors import ConfigError
@@ -48,11 +48,9 @@ def word_guess_effects(word_guess: pd.DataFrame, roles: pd.DataFrame, n_boot: in
     rows = []
     for (p, g, d, m), part in pd.concat([st, pooled]).groupby(["prompt", "group", "derivation", "magnitude"],
                                                                sort=True):
-        per_role = part.groupby("role")["rise"].mean().to_numpy()
-        lo, hi = role_interval(per_role, n_boot, rng)
-        rows.append({"prompt": p, "group": g, "derivation": d, "magnitude": m, "mean_rise": per_role.mean(),
-                     "ci_low": lo, "ci_high": hi, "n_roles": len(per_role),
-                     "note": "" if len(per_role) >= MIN_CLUSTERS else f"fewer than {MIN_CLUSTERS} roles: no interval"})
+        rise, lo, hi, n, note = clustered_mean(part["rise"], part["role"], n_boot, rng)
+        rows.append({"prompt": p, "group": g, "derivation": d, "magnitude": m, "mean_rise": rise,
+                     "ci_low": lo, "ci_high": hi, "n_roles": n, "note": note})
     return pd.DataFrame(rows)
 
 
