@@ -69,7 +69,7 @@ class Generation:
     text: str
     finish_reason: str  # stop | length
     log_probs: list[float] = field(default_factory=list)  # each token's log-prob under the generating model
-    projections: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [tokens, K] (monitored)
+    projections: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [tokens, K] (monitored)
 
 
 @dataclass
@@ -173,9 +173,7 @@ class TransformersBackend:
             row = Intervention(intervention.kind, intervention.per_layer, intervention.coeffs.expand(B),
                                intervention.mode, intervention.layer_scale)
             per_layer = self._intervention_hooks(row, torch.full((B,), P, device=self.device))
-        monitors = {layer: Project(d.to(self.device)) for layer, d in (monitor or {}).items()}
-        for layer, m in monitors.items():
-            per_layer.setdefault(layer, []).append(m)
+        monitors = _monitors(per_layer, monitor, self.device)
         with hooks(self.model, per_layer):  # compiled decoding only for plain generation (no hooks)
             out, done, logp = self._decode(prompts, seeds, max_new_tokens, temperature, top_p, bool(monitors),
                                            self.compile_decoding and not per_layer)
@@ -185,8 +183,7 @@ class TransformersBackend:
             steps = torch.cat([o[:, -1:] for o in m.outputs[1:]], dim=1) if len(m.outputs) > 1 else None
             for b, g in enumerate(gens):
                 n = len(g.ids)
-                g.projections[layer] = (steps[b, :n].cpu().numpy().astype(np.float64) if n else
-                                        np.zeros((0, m.directions.shape[0])))
+                g.projections[layer] = steps[b, :n].cpu() if n else torch.zeros((0, m.directions.shape[0]))
         return gens
 
     def _step(self):
@@ -380,9 +377,7 @@ class TransformersBackend:
             captured[layer] = []
             per_layer.setdefault(layer, []).append(
                 lambda m, a, o, _l=layer: captured[_l].append((o[0] if isinstance(o, tuple) else o).float()))
-        monitors = {layer: Project(d.to(self.device)) for layer, d in (project or {}).items()}
-        for layer, m in monitors.items():
-            per_layer.setdefault(layer, []).append(m)
+        monitors = _monitors(per_layer, project, self.device)
         with hooks(self.model, per_layer):
             base = self.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
         hidden = base.last_hidden_state if hasattr(base, "last_hidden_state") else base[0]
@@ -399,6 +394,15 @@ class TransformersBackend:
         out[r, k] = self._log_probs(hidden[r, t], ids[r, t + 1])
         return ScoreResult(out, {layer: torch.cat(v) for layer, v in captured.items()},
                            {layer: m.outputs[0] for layer, m in monitors.items()})
+
+
+def _monitors(per_layer: dict[int, list], directions: dict[int, torch.Tensor] | None,
+              device: torch.device) -> dict[int, Project]:
+    """A projection hook per monitored layer ({layer: [K, H] unit directions}), added to `per_layer`."""
+    monitors = {layer: Project(d.to(device)) for layer, d in (directions or {}).items()}
+    for layer, m in monitors.items():
+        per_layer.setdefault(layer, []).append(m)
+    return monitors
 
 
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

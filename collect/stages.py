@@ -76,8 +76,7 @@ class Stages:
         """The transformers model (scoring, steering, and generation unless vLLM generates), loaded on first
         use; with vLLM, never while its engine holds the card (`release_generator` first)."""
         if self._lm is None:
-            if self._vllm is not None:
-                self.release_generator()
+            self.release_generator()
             self._lm = load_model(self.cfg.model_source, self.cfg.model_revision, self.cfg.dtype, self.cfg.device,
                                   experts=self.cfg.experts)
             self._backend = TransformersBackend(self._lm.model, self._lm.tokenizer, self.cfg.generation_batch,
@@ -359,27 +358,26 @@ class Stages:
         unit = {layer: vec.magnitude_unit(vectors.layer_norms.get(layer), self.cfg.units, layer)
                 for layer in conv.layers}
         axis = {layer: torch.tensor(vectors.axis(layer).values) for layer in conv.layers}
-        extra = self.monitored()
-        monitor = {layer: (["assistant_axis", *extra.get(layer, ([], None))[0]],
-                           torch.cat([axis[layer][None], *([extra[layer][1]] if layer in extra else [])]))
-                   for layer in conv.layers}
+        names, directions = {}, {}  # the axis, then [monitor]'s directions, at each layer
+        for layer in conv.layers:
+            more, dirs = self.monitored().get(layer, ([], axis[layer][None][:0]))
+            names[layer], directions[layer] = [vec.AXIS, *more], torch.cat([axis[layer][None], dirs])
         system = system_text(self.cfg.system_template, role) if role != NO_PROMPT_ROLE else None
         sampling = Sampling(self.cfg.temperature, max_tokens=conv.max_new_tokens)
+        arms = {("conversation", None): None}
+        arms |= {("conversation_capped", t): Intervention("cap", axis, torch.tensor([t]), "all", unit)
+                 for t in conv.cap_taus}
+        if conv.ablate:  # the axis' projection removed at every position
+            arms[("conversation_ablated", None)] = Intervention("ablate", axis, torch.tensor([0.0]), "all")
         rows, projections = [], []
-        arms = [("conversation", None), *(("conversation_capped", t) for t in conv.cap_taus)]
-        for condition, tau in arms + ([("conversation_ablated", None)] if conv.ablate else []):
-            if condition == "conversation_ablated":  # the axis' projection removed at every position
-                cap = Intervention("ablate", axis, torch.tensor([0.0]), "all")
-            else:
-                cap = None if tau is None else Intervention("cap", axis, torch.tensor([tau]), "all", unit)
+        for (condition, tau), intervention in arms.items():
             histories: list[list[tuple[str, str]]] = [[] for _ in range(conv.replicates)]
             for turn in range(conv.n_turns):
                 users = self._user_turns(role, turn, histories)
                 prompts = [render_conversation(self.lm.tokenizer, system, h, u, self.cfg.no_prompt)
                            for h, u in zip(histories, users)]
                 seeds = [turn_seed(self.cfg.seed, role, r, turn) for r in range(conv.replicates)]
-                gens = self.backend.generate_many(prompts, seeds, sampling, cap,
-                                                  {layer: d for layer, (_, d) in monitor.items()})
+                gens = self.backend.generate_many(prompts, seeds, sampling, intervention, directions)
                 for r, (user, seed, g) in enumerate(zip(users, seeds, gens)):
                     cid = conversation_id(role, r, condition, tau)
                     rid = f"{cid}|t{turn}"
@@ -388,9 +386,9 @@ class Stages:
                                  "text": g.text, "n_tokens": len(g.ids), "finish_reason": g.finish_reason,
                                  "mean_log_prob": float(np.mean(g.log_probs)) if g.ids else None,
                                  "token_ids": g.ids})
-                    for layer, (names, _) in monitor.items():
-                        projections.append(_projection_rows(rid, condition, names, layer,
-                                                            torch.from_numpy(g.projections[layer]), turn))
+                    for layer in conv.layers:
+                        projections.append(_projection_rows(rid, condition, names[layer], layer,
+                                                            g.projections[layer], turn))
                     histories[r].append((user, g.text))
         tables = {"conversations": pd.DataFrame(rows).astype({"tau": "float64", "seed": "int64"})}
         if projections:
