@@ -174,8 +174,6 @@ def judge_traits(run: Run, judge: Judge, quiet: bool = False) -> pd.DataFrame:
     """Score every trait-steered response of a run for its trait (0-100) with the judge, and write the
     scores into the run's trait_scores table, replacing that judge's earlier scores (atomic). The judge
     is told each trait's `description` from the run's config (default: its positive instruction)."""
-    from animacy.writers import write_table
-
     if not run.has("trait_responses"):
         raise DataError(run.path, "has no trait_responses table: collect with [[traits]] magnitudes first")
     traits = run.manifest.get("config", {}).get("traits", [])
@@ -184,12 +182,7 @@ def judge_traits(run: Run, judge: Judge, quiet: bool = False) -> pd.DataFrame:
     unknown = sorted(set(responses["trait"]) - set(descriptions))
     if unknown:
         raise DataError(run.path / "manifest.json", f"does not describe the trait '{unknown[0]}' of trait_responses")
-    scores = judge.score_traits(responses, descriptions, quiet)
-    if run.has("trait_scores"):
-        old = run.read("trait_scores")
-        scores = pd.concat([old[~old["method"].isin(scores["method"].unique())], scores], ignore_index=True)
-    write_table(scores, "trait_scores", run.path)
-    return scores
+    return store_labels(run, judge.score_traits(responses, descriptions, quiet), "trait_scores")
 
 
 def label_run(run: Run, method: str, judge: Judge | None = None, quiet: bool = False) -> pd.DataFrame:

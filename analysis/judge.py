@@ -72,10 +72,8 @@ class Judge:
     backoff: float = 1.0
     sent: int = 0  # requests sent (cache hits send nothing)
 
-    def key(self, text: str, role: str | None) -> str:
-        return hashlib.sha256(json.dumps([self.model, RUBRIC_VERSION, role, text]).encode()).hexdigest()
-
     def _path(self, *parts) -> Path:
+        """The cache file of one question: a hash of the model and everything that makes up the question."""
         return self.cache_dir / f"{hashlib.sha256(json.dumps([self.model, *parts]).encode()).hexdigest()}.json"
 
     def _post(self, payload: dict) -> dict:
@@ -100,7 +98,7 @@ class Judge:
     def ask(self, text: str, role: str | None = None) -> dict:
         """The judge's labels for one response, from the cache or the endpoint."""
         user = (f"Role: {role}\n" if role else "") + f"Response:\n{text}"
-        return self._answer(self.cache_dir / f"{self.key(text, role)}.json", RUBRIC, user, _labels)
+        return self._answer(self._path(RUBRIC_VERSION, role, text), RUBRIC, user, _labels)
 
     def score_trait(self, text: str, trait: str, description: str, question: str | None = None) -> float:
         """How strongly one response expresses `trait` (0-100), from the cache or the endpoint."""

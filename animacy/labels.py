@@ -32,12 +32,13 @@ def label_value(value: object) -> int | None:
     return _LABEL_TEXT.get(str(value).strip().lower())
 
 
-def store_labels(run: Run, new: pd.DataFrame) -> pd.DataFrame:
-    """Write `new` into the run's labels table, replacing earlier rows of its method(s) (atomic)."""
-    if run.has("labels"):
-        old = run.read("labels")
+def store_labels(run: Run, new: pd.DataFrame, table: str = "labels") -> pd.DataFrame:
+    """Write `new` into the run's labels table (or another table of rows by `method`, such as
+    trait_scores), replacing earlier rows of its method(s) and keeping the others' (atomic)."""
+    if run.has(table):
+        old = run.read(table)
         new = pd.concat([old[~old["method"].isin(new["method"].unique())], new], ignore_index=True)
-    write_table(new, "labels", run.path)
+    write_table(new, table, run.path)
     return new
 
 
