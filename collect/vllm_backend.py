@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from animacy.collect.backend import Generation, Sampling
 from animacy.errors import ConfigError
@@ -68,8 +69,6 @@ class VLLMBackend:
             destroy_model_parallel()
             destroy_distributed_environment()
         gc.collect()
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         after = _free_gib()
@@ -94,6 +93,4 @@ class VLLMBackend:
 
 def _free_gib() -> float | None:
     """Free device memory in GiB (None without CUDA)."""
-    import torch
-
     return torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
