@@ -208,7 +208,7 @@ def estimate(cfg: StudyConfig, n_roles: int, n_steered: int, shape: Shape, profi
     conv = cfg.conversations
     if conv:
         arms = 1 + len(conv.cap_taus) + int(conv.ablate)
-        n = len(conv.roles or []) or n_roles
+        n = len(conv.roles) if conv.roles is not None else n_roles - 1  # default: every role but the no-prompt pass
         tokens = n * conv.replicates * arms * conv.n_turns * conv.max_new_tokens
         rate, note = gen_rate(conv.replicates)
         stages.append(Stage("conversations", tokens, tokens * shape.flops_per_token(conv.n_turns * R), tokens / rate,
