@@ -154,7 +154,7 @@ MACHINE_RULES: dict[str, str] = {
 ASSISTANT_RULE = re.compile(r"\b(?:as|i'm|i am|being)\s+(?:a|an|your)\s+(?:helpful |friendly |personal )?"
                             r"assistant\b", re.I)
 MACHINE_ROLES = re.compile(r"\b(?:robot|computer|android|cyborg|machine|calculator|program|software|server|"
-                           r"algorithm|ai|assistant|chatbot)s?\b", re.I)
+                           r"algorithm)s?\b", re.I)  # (an AI or assistant role is never one: `_is_ai_role`)
 _AI_NEGATED = re.compile(r"\b(?:not|no|unlike|never|isn't|aren't)\s+(?:\w+\s+){0,2}?(?:an? )?"
                          r"(?:ai|artificial intelligence|chatbot|language model|robot)\b", re.I)
 _NOT_OWN = re.compile(r"\b(?:think|thinks|assume|assumes|say|says|believe|believes|imagine|suppose|claim|claims|"
