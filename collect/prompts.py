@@ -60,6 +60,8 @@ def _without_default_system(tokenizer, messages: list[dict]) -> str:
 
 
 def _messages_text(tokenizer, system: str | None, messages: list[dict], no_prompt: str) -> str:
+    if no_prompt not in NO_PROMPT_MODES:
+        raise ConfigError("study.no_prompt", f"unknown mode {no_prompt!r} (choose {', '.join(NO_PROMPT_MODES)})")
     if system is None:
         return _without_default_system(tokenizer, messages) if no_prompt == "none" else _render(tokenizer, messages)
     return _render(tokenizer, [{"role": "system", "content": system}, *messages])
@@ -71,24 +73,25 @@ def render_conversation(tokenizer, system: str | None, turns: list[tuple[str, st
     ready for the assistant's answer; the system prompt (or its absence) handled as in `render_prompt`."""
     messages = [m for u, a in turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
     text = _messages_text(tokenizer, system, [*messages, {"role": "user", "content": user}], no_prompt)
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    bos = tokenizer.bos_token_id
-    if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
-    return ids
+    return _encode(tokenizer, text)[0]
 
 
-def render_prompt(tokenizer, user: str, system: str | None, role: str | None = None,
-                  no_prompt: str = "none") -> Prompt:
-    """Render, tokenize (one BOS), and locate the role word and the period inside the system text."""
-    if no_prompt not in NO_PROMPT_MODES:
-        raise ConfigError("study.no_prompt", f"unknown mode {no_prompt!r} (choose {', '.join(NO_PROMPT_MODES)})")
-    text = _messages_text(tokenizer, system, [{"role": "user", "content": user}], no_prompt)
+def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of rendered text, tokenized once without special tokens, so a
+    template that writes its own BOS keeps exactly one (and one is added where the tokenizer wants it)."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     bos = tokenizer.bos_token_id
     if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not ids or ids[0] != bos):
         ids, offsets = [bos, *ids], [(0, 0), *offsets]
+    return ids, offsets
+
+
+def render_prompt(tokenizer, user: str, system: str | None, role: str | None = None,
+                  no_prompt: str = "none") -> Prompt:
+    """Render, tokenize (one BOS), and locate the role word and the period inside the system text."""
+    text = _messages_text(tokenizer, system, [{"role": "user", "content": user}], no_prompt)
+    ids, offsets = _encode(tokenizer, text)
     role_tokens: list[int] = []
     period = None
     if system is not None and role:
