@@ -1,12 +1,15 @@
 """The study runner: job bookkeeping around the stage functions of `stages.py` (generation -> scoring with
-and without the prompt, with activations -> vectors -> steering, capping and ablation -> word guess).
+and without the prompt, with activations -> vectors -> steering, capping and ablation -> word guess ->
+trait-steered generation -> conversations).
 
 Every job has a deterministic id (`gen-0003`, `score-0003`, `vectors`, `steer-0003`, `wordguess-0003`,
-one per role). A job writes its Parquet parts atomically (`tokens/part-score-0003.parquet`, ...) and then
-its done marker (`_jobs/score-0003.done`); a resumed run skips jobs with a marker and rewrites the
-parts of any other, so a killed run resumed gives exactly the tables of an uninterrupted one.
-`--shard i/n` runs the jobs whose index is i modulo n (one process per GPU); shard 0 derives the vectors
-once every scoring job of every shard is done, and the others wait for them.
+one per role; `trait-0001`, one per steered trait; `conversations-0002`, one per group of about
+`generation_batch` conversations). A job writes its Parquet parts atomically
+(`tokens/part-score-0003.parquet`, ...) and then its done marker (`_jobs/score-0003.done`); a resumed
+run skips jobs with a marker and rewrites the parts of any other, so a killed run resumed gives exactly
+the tables of an uninterrupted one. `--shard i/n` runs the jobs whose index is i modulo n (one process
+per GPU); shard 0 derives the vectors once every scoring job of every shard is done, and the others wait
+for them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from animacy.writers import write_table
 @dataclass
 class Job:
     stage: str
-    index: int  # role index (0 for the vectors job)
+    index: int  # role index (a trait's for trait jobs, a group's for conversation jobs, 0 for the vectors job)
 
     @property
     def id(self) -> str:
@@ -118,8 +121,31 @@ class Runner:
         if self.cfg.word_guess_prompt:
             jobs += [Job("wordguess", k) for k in self.stages.steered_roles]
         jobs += [Job("trait", k) for k in self.stages.steered_traits]
-        jobs += [Job("conv", k) for k in self.stages.conversation_roles]
+        jobs += [Job("conversations", k) for k in range(len(self.stages.conversation_groups))]
         return jobs
+
+    def check_markers(self) -> None:
+        """Every finished job in the folder is one this study plans, and a conversation group's covers the
+        same roles: a folder collected with another job layout (by an older animacy, or with another
+        `model.generation_batch`, which groups the conversations) is refused, never mixed into."""
+        planned = {j.id: j for j in self.jobs()}
+        groups = self.stages.conversation_groups
+        for marker in sorted((self.out / JOBS).glob("*.done")) if (self.out / JOBS).exists() else []:
+            job = planned.get(marker.stem)
+            if marker.stem.startswith("shard-") or (job is not None and job.stage != "conversations"):
+                continue
+            if job is None:
+                why = "a job this study does not plan"
+            else:
+                want = [str(self.roles.iloc[k]["role"]) for k in groups[job.index]]
+                got = json.loads(marker.read_text()).get("roles")
+                if got == want:
+                    continue
+                why = f"conversations of {got}, where this study's group {job.index} is {want}"
+            raise ConfigError(self.out, f"{self.out} holds a finished job, {marker.stem} ({why}): the folder was "
+                              "collected with another job layout (an older animacy, or another "
+                              "model.generation_batch), and resuming would mix the two",
+                              hint="Collect into a new folder, or resume with the version and config that made it.")
 
     def check_memory(self) -> None:
         """On CUDA, a study whose batches cannot fit the card is refused with the numbers, before the model
@@ -143,21 +169,23 @@ class Runner:
         self.stages.conversation_roles  # noqa: B018 -- the conversation roles exist, before any work
         self.stages.monitored()  # the monitored directions resolve, before any work
         self.check_resume()
+        self.check_markers()
         self.out.mkdir(parents=True, exist_ok=True)
         write_table(self.roles, "roles", self.out)
         self._write_manifest()
         st = self.stages
         work = {"gen": st.generate, "score": st.score, "steer": st.steer, "wordguess": st.word_guess,
-                "trait": st.trait_steer, "conv": st.converse}
+                "trait": st.trait_steer, "conversations": st.converse}
         plan = self.jobs()
-        for stage in ("gen", "score", "vectors", "steer", "wordguess", "trait", "conv"):
+        for stage in ("gen", "score", "vectors", "steer", "wordguess", "trait", "conversations"):
             if stage == "vectors":
                 self._vectors_barrier()
                 continue
             if stage == "score":  # generation is over: a vLLM engine gives the card back before the scorer loads
                 st.release_generator()
             jobs = self.mine([j for j in plan if j.stage == stage])
-            for job in progress(jobs, f"{stage} (roles)", quiet=self.quiet) if jobs else []:
+            unit = "groups of roles" if stage == "conversations" else "traits" if stage == "trait" else "roles"
+            for job in progress(jobs, f"{stage} ({unit})", quiet=self.quiet) if jobs else []:
                 if not self.done(job):
                     self._finish(job, work[stage](job.index))
         write_json({"shard": list(self.shard)}, self.out / JOBS / f"shard-{self.shard[0]}-of-{self.shard[1]}.done")

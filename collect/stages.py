@@ -319,6 +319,16 @@ class Stages:
                               "study", column="conversations.roles")
         return [names.index(r) for r in conv.roles]
 
+    @property
+    def conversation_groups(self) -> list[list[int]]:
+        """The conversation roles in groups, one job each, of about `generation_batch` conversations (whole
+        roles, the groups as even as can be), so each turn of each arm is generated in full batches."""
+        roles = self.conversation_roles
+        if not roles:
+            return []
+        per = max(1, self.cfg.generation_batch // self.cfg.conversations.replicates)
+        return [list(g) for g in np.array_split(roles, -(-len(roles) // per))]
+
     def _user_backend(self) -> TransformersBackend:
         """The model that writes generated user turns: the study's own, or `user_model` (loaded once)."""
         source = self.cfg.conversations.user_model
@@ -329,9 +339,9 @@ class Stages:
             self._user = TransformersBackend(lm.model, lm.tokenizer, self.cfg.generation_batch)
         return self._user
 
-    def _user_turns(self, role: str, turn: int, histories: list[list[tuple[str, str]]]) -> list[str]:
-        """The user's message of `turn` in each conversation: scripted, or the opening line then written by
-        the user model, which sees the conversation from the other side (seeded per turn)."""
+    def _user_turns(self, turn: int, convs: list[tuple[str, int]], histories: list[list[tuple[str, str]]]) -> list[str]:
+        """The user's message of `turn` in each conversation (role, replicate): scripted, or the opening line
+        then written by the user model, which sees the conversation from the other side (seeded per turn)."""
         conv = self.cfg.conversations
         if conv.scripted:
             return [conv.turns[turn]] * len(histories)
@@ -343,17 +353,21 @@ class Stages:
             flipped = [(a, u_next) for (_, a), (u_next, _) in itertools.pairwise(h)]
             prompts.append(render_conversation(user.tokenizer, conv.user_prompt,
                                                [("Hello.", conv.opening), *flipped], h[-1][1], self.cfg.no_prompt))
-        seeds = [turn_seed(self.cfg.seed, role, r, turn, "user") for r in range(len(histories))]
+        seeds = [turn_seed(self.cfg.seed, role, r, turn, "user") for role, r in convs]
         gens = user.generate_many(prompts, seeds, Sampling(self.cfg.temperature, max_tokens=conv.max_new_tokens))
         return [g.text.strip() or "..." for g in gens]
 
-    def converse(self, index: int) -> Output:
-        """The conversations of role `index`: the role prompt, then each user turn answered in turn by the
-        model, freely, capped on the assistant axis at each τ, and (with `ablate`) with the axis ablated (the
-        same seeds in every arm); every answer's tokens
-        are projected on the axis (and `[monitor]`'s directions) at `conversations.layers` as it is
-        generated, and its mean log-prob kept."""
-        conv, role = self.cfg.conversations, self.roles.iloc[index]["role"]
+    def converse(self, group: int) -> Output:
+        """The conversations of the roles of conversation group `group`: each role's prompt, then each user
+        turn answered in turn by the model, freely, capped on the assistant axis at each τ, and (with
+        `ablate`) with the axis ablated (the same seeds in every arm); every turn of an arm is generated for
+        all the group's conversations together. Every answer's tokens are projected on the axis (and
+        `[monitor]`'s directions) at `conversations.layers` as it is generated, and its mean log-prob kept."""
+        conv = self.cfg.conversations
+        roles = [self.roles.iloc[k]["role"] for k in self.conversation_groups[group]]
+        convs = [(role, r) for role in roles for r in range(conv.replicates)]
+        systems = {role: system_text(self.cfg.system_template, role) if role != NO_PROMPT_ROLE else None
+                   for role in roles}
         vectors, _ = self._steering_inputs()
         unit = {layer: vec.magnitude_unit(vectors.layer_norms.get(layer), self.cfg.units, layer)
                 for layer in conv.layers}
@@ -362,7 +376,6 @@ class Stages:
         for layer in conv.layers:
             more, dirs = self.monitored().get(layer, ([], axis[layer][None][:0]))
             names[layer], directions[layer] = [vec.AXIS, *more], torch.cat([axis[layer][None], dirs])
-        system = system_text(self.cfg.system_template, role) if role != NO_PROMPT_ROLE else None
         sampling = Sampling(self.cfg.temperature, max_tokens=conv.max_new_tokens)
         arms = {("conversation", None): None}
         arms |= {("conversation_capped", t): Intervention("cap", axis, torch.tensor([t]), "all", unit)
@@ -371,14 +384,14 @@ class Stages:
             arms[("conversation_ablated", None)] = Intervention("ablate", axis, torch.tensor([0.0]), "all")
         rows, projections = [], []
         for (condition, tau), intervention in arms.items():
-            histories: list[list[tuple[str, str]]] = [[] for _ in range(conv.replicates)]
+            histories: list[list[tuple[str, str]]] = [[] for _ in convs]
             for turn in range(conv.n_turns):
-                users = self._user_turns(role, turn, histories)
-                prompts = [render_conversation(self.lm.tokenizer, system, h, u, self.cfg.no_prompt)
-                           for h, u in zip(histories, users)]
-                seeds = [turn_seed(self.cfg.seed, role, r, turn) for r in range(conv.replicates)]
+                users = self._user_turns(turn, convs, histories)
+                prompts = [render_conversation(self.lm.tokenizer, systems[role], h, u, self.cfg.no_prompt)
+                           for (role, _), h, u in zip(convs, histories, users)]
+                seeds = [turn_seed(self.cfg.seed, role, r, turn) for role, r in convs]
                 gens = self.backend.generate_many(prompts, seeds, sampling, intervention, directions)
-                for r, (user, seed, g) in enumerate(zip(users, seeds, gens)):
+                for (role, r), history, user, seed, g in zip(convs, histories, users, seeds, gens):
                     cid = conversation_id(role, r, condition, tau)
                     rid = f"{cid}|t{turn}"
                     rows.append({"conversation_id": cid, "role": role, "replicate": r, "condition": condition,
@@ -389,11 +402,11 @@ class Stages:
                     for layer in conv.layers:
                         projections.append(_projection_rows(rid, condition, names[layer], layer,
                                                             g.projections[layer], turn))
-                    histories[r].append((user, g.text))
+                    history.append((user, g.text))
         tables = {"conversations": pd.DataFrame(rows).astype({"tau": "float64", "seed": "int64"})}
         if projections:
             tables["projections"] = pa.concat_tables(projections)
-        return Output(tables, {"turns": len(rows)})
+        return Output(tables, {"turns": len(rows), "roles": [str(r) for r in roles]})
 
     @property
     def steered_traits(self) -> list[int]:

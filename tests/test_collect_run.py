@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -238,14 +239,19 @@ def test_a_layer_the_model_lacks_is_refused_before_any_work(tmp_path, smollm2, c
     assert not out.exists()
 
 
-def test_plan_counts_jobs_and_estimates_time(config, capsys):
-    from animacy.collect.cli import plan
-
-    info = plan(str(config))
-    assert info["roles"] == 4 and info["steered_roles"] == 2 and info["responses"] == 8
-    assert info["jobs"] == 2 * 4 + 1 + 2 * 2
-    assert info["measured_scoring_tokens_per_s"] > 0 and info["estimated_minutes"] > 0
-    assert "estimated_minutes" in capsys.readouterr().out
+def test_plan_measures_this_device_and_plans_every_stage(config, capsys):
+    """Without a named card the plan measures this device with the study's own model and batch sizes, and
+    works out every stage from those rates as it does from a card's."""
+    info = main(["collect", "plan", str(config)])
+    assert info == 0
+    out = capsys.readouterr().out
+    assert "measured now" in out and "smollm2" in out and "fits" in out
+    for stage in ("generation", "scoring", "steering sweeps", "capping", "ablation"):
+        assert re.search(rf"^{stage}.*\d+\.\d\d\s", out, re.M), stage
+    assert "8 responses" in out
+    # a named shape belongs with a stored card's rates
+    assert main(["collect", "plan", str(config), "--model-shape", "gemma3-27b"]) == 2
+    assert "--device-profile" in capsys.readouterr().err
 
 
 def test_shard_from_the_command_line_or_a_slurm_array(monkeypatch):
@@ -342,7 +348,7 @@ def test_a_user_model_writes_the_user_turns_seeded(config, tmp_path):
     assert len(later) == 4 and (later != "Hi! Who are you?").all() and later.str.len().gt(0).all()
 
 
-def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, tmp_path):
+def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, tmp_path, capsys):
     """[conversations]: the role prompt, then each scripted user turn answered by the model, freely and
     capped on the assistant axis while generating (the same seeds); every answer's tokens projected on the
     axis as they are generated. Checked against independent hooks and plain teacher forcing."""
@@ -408,6 +414,29 @@ def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, t
     cap = Intervention("cap", {5: torch.tensor(vectors.axis(5).values)}, torch.tensor([0.3]), "all", {5: unit})
     assert backend.generate_many([first], [int(cap_row.seed)], Sampling(0.8, max_tokens=6), cap)[0].ids == list(
         cap_row.token_ids)
+
+    # both roles' conversations were one job, each turn generated in one batch; with a generation batch of
+    # two conversations, each role is its own job, and the conversations are the same
+    marker = json.loads((out / "_jobs" / "conversations-0000.done").read_text())
+    assert marker["roles"] == ["sock", "assistant"] and not (out / "_jobs" / "conversations-0001.done").exists()
+    small = tmp_path / "conv_small"
+    shutil.copytree(out, small, ignore=shutil.ignore_patterns("conversations-*", "part-conversations-*"))
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(_unsteered(config).replace('source = "smollm2"', 'source = "smollm2"\ngeneration_batch = 2')
+                   + CONVERSATIONS)
+    args = ["collect", "run", str(cfg), "--quiet", "--allow-config-change", "generation_batch"]
+    assert main([*args, "--out", str(small)]) == 0
+    assert sorted(json.loads(p.read_text())["roles"][0] for p in (small / "_jobs").glob("conversations-*")) == [
+        "assistant", "sock"]
+    key = ["conversation_id", "turn"]
+    again = Run(small).read("conversations").sort_values(key).reset_index(drop=True)
+    mine = conv.sort_values(key).reset_index(drop=True)
+    assert (again["text"] == mine["text"]).all() and (again["token_ids"].map(list) == mine["token_ids"].map(list)).all()
+    np.testing.assert_allclose(again["mean_log_prob"], mine["mean_log_prob"], atol=1e-4)
+    # resuming a folder whose conversations were grouped otherwise is refused, not mixed into
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 2
+    assert "conversations-0000" in capsys.readouterr().err and len(Run(out).read("conversations")) == len(conv)
 
     # behaviour per turn: the labels table takes the conversations' answers too
     assert main(["classify", str(out), "--method", "rules", "--quiet"]) == 0
