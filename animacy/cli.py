@@ -154,10 +154,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_collect(a: argparse.Namespace) -> int:
     from animacy.collect import cli as collect_cli
 
-    if a.action == "plan" and a.device_profile:
-        collect_cli.plan_for(a.config, a.device_profile, a.model_shape, a.response_tokens)
-    elif a.action == "plan":
-        collect_cli.plan(a.config)
+    if a.action == "plan":
+        collect_cli.plan(a.config, a.device_profile, a.model_shape, a.response_tokens)
     else:
         if not a.out:
             raise ConfigError("collect run", "needs --out RUN (the run folder to write or resume)")

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-from animacy.collect.plan import SHAPES, Shape
+from animacy.collect.plan import SHAPES, Shape, measure_rates, timed
 
 
 def build(name: str, device: str, dtype: torch.dtype):
@@ -44,18 +43,6 @@ def build(name: str, device: str, dtype: torch.dtype):
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     return model.eval(), cfg
-
-
-def timed(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeats
 
 
 def main() -> None:
@@ -99,21 +86,21 @@ def main() -> None:
     rows = max(1, a.batch_tokens // a.seq)
     half = a.seq // 2
     seqs = torch.randint(2, vocab, (rows, a.seq), generator=gen).tolist()
-    t_score = timed(lambda: be.score_batch([s[:half] for s in seqs], [s[half:] for s in seqs]), a.device, a.repeats)
-    score_tps = rows * a.seq / t_score
     cells = 6 * 4
     V = torch.nn.functional.normalize(torch.randn(cells, cfg.hidden_size, generator=gen), dim=1).to(a.device)
     layers = [cfg.num_hidden_layers // 3, cfg.num_hidden_layers // 2]
     iv = Intervention("add", {k: V for k in layers}, torch.tensor([0.0, 0.5, 1.0, 2.0] * 6), "all",
                       {k: 10.0 for k in layers})
-    t_sweep = timed(lambda: be.score(seqs[0][:half], seqs[0][half:], iv), a.device, a.repeats)
-    sweep_tps = cells * (a.seq - half) / t_sweep
+    prompts = torch.randint(2, vocab, (a.gen_batch, 64), generator=gen).to(a.device)
+    ids = prompts.tolist()
+    be.generation_batch = a.gen_batch
+    rates = measure_rates(be, seqs, half, iv, ids, a.gen_tokens, a.repeats)  # scoring, the sweep, generate_many
+    score_tps, sweep_tps, t_sweep = rates["scoring_tok_s"], rates["steering_tok_s"], rates["sweep_seconds"]
     # the naive baselines: every row in one batched forward, and one forward per row
     t_batched = timed(lambda: be.score_batch([seqs[0][:half]], [seqs[0][half:]], iv), a.device, a.repeats)
     t_rows = timed(lambda: [be.score_batch([seqs[0][:half]], [seqs[0][half:]], Intervention(
         "add", {k: V[i] for k in layers}, iv.coeffs[i:i + 1], "all", iv.layer_scale)) for i in range(cells)],
         a.device, a.repeats)
-    prompts = torch.randint(2, vocab, (a.gen_batch, 64), generator=gen).to(a.device)
 
     def generate():
         with torch.inference_mode():
@@ -121,10 +108,6 @@ def main() -> None:
                            max_new_tokens=a.gen_tokens, min_new_tokens=a.gen_tokens, pad_token_id=0)
 
     t_gen = timed(generate, a.device, 1)
-    be.generation_batch = a.gen_batch
-    ids = prompts.tolist()
-    t_many = timed(lambda: be.generate_many(ids, list(range(a.gen_batch)), Sampling(1.0, max_tokens=a.gen_tokens)),
-                   a.device, 1)
     fast = TransformersBackend(model, be.tokenizer, a.gen_batch, compile_decoding=True,
                                compile_backend=a.compile_backend)
     fast.eos = set()
@@ -141,7 +124,7 @@ def main() -> None:
         "one_batched_forward_seconds": t_batched, "one_forward_per_row_seconds": t_rows,
         "batched_over_sweep": t_batched / t_sweep, "per_row_over_sweep": t_rows / t_sweep,
         "generation_tokens_per_s": a.gen_batch * a.gen_tokens / t_gen,
-        "generate_many_tokens_per_s": a.gen_batch * a.gen_tokens / t_many,
+        "generate_many_tokens_per_s": rates["generation_tok_s"],
         "generate_many_compiled_tokens_per_s": a.gen_batch * a.gen_tokens / t_fast,
         "peak_memory_gb": (torch.cuda.max_memory_allocated() / 2**30) if a.device.startswith("cuda") else None,
     }
@@ -149,10 +132,10 @@ def main() -> None:
         print(f"{k:28s} {v:,.3f}" if isinstance(v, float) else f"{k:28s} {v}")
     print(json.dumps(result))
     if a.write_profile:
-        write_profile(a.write_profile, a, result, score_tps, sweep_tps)
+        write_profile(a.write_profile, a, result, rates)
 
 
-def write_profile(card: str, a, result: dict, score_tps: float, sweep_tps: float) -> None:
+def write_profile(card: str, a, result: dict, rates: dict) -> None:
     """Store this run's rates as the plan's measured profile for `card` (atomic), keeping other models'."""
     import datetime
     from pathlib import Path
@@ -171,9 +154,10 @@ def write_profile(card: str, a, result: dict, score_tps: float, sweep_tps: float
                   "memory_gib": torch.cuda.mem_get_info()[1] / 2**30 if torch.cuda.is_available() else 0.0,
                   "peak_tflops_bf16": a.peak_tflops})
     entry.setdefault("models", {})[a.model] = {
-        "scoring_mfu": result["scoring_mfu"], "scoring_tok_s": score_tps, "steering_tok_s": sweep_tps,
+        "scoring_mfu": result["scoring_mfu"], "scoring_tok_s": rates["scoring_tok_s"],
+        "steering_tok_s": rates["steering_tok_s"],
         "generation_tok_s": max(result["generate_many_tokens_per_s"], result["generate_many_compiled_tokens_per_s"]),
-        "generation_batch": a.gen_batch}
+        "generation_batch": a.gen_batch, "generation_context": rates["generation_context"]}
     profiles[card] = entry
     write_json(profiles, path)
     print(f"wrote the {card} profile to {path}")

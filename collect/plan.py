@@ -5,8 +5,14 @@ with the card and date; profiles not measured say how they were derived).
 - Scoring, steering, capping and ablation are compute-bound: FLOPs per token (2 x the parameters a token
   passes through, plus attention over its context) over the card's bf16 rate times the model FLOPs
   utilisation measured for that model (or for its kind: dense, mixture of experts).
-- Generation with transformers is bound by reading the weights once per step: the measured tokens/s for
-  the model where there is one, else the card's bandwidth x the efficiency measured on the others.
+- Generation is bound by the bytes each decoding step reads: the weights once, and every sequence's KV
+  cache (a sliding-window layer's at most its window). A step of a batch of b takes the time those bytes
+  take at the rate measured for the model (`generation_tok_s` at its `generation_batch` and context), else
+  at the card's bandwidth x the efficiency measured on the other models; never less than its FLOPs take.
+  Each job's responses are generated in batches of `generation_batch` and a remainder, each as long as
+  the responses (`--response-tokens`, else `max_new_tokens`, an upper bound).
+- Without a named card, the profile is measured now on the study's own device, model and batch sizes
+  (`measure_here`): the same estimate, from this machine's rates.
 - Memory: the weights, plus the KV cache of a generation batch, plus the activations of a scoring batch
   (and the float32 copies of the captured layers) must fit in 90% of the card; otherwise the study is
   refused with the numbers, by `plan` and by `run` (on CUDA), before any work.
@@ -22,12 +28,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from animacy.collect.config import StudyConfig
 from animacy.errors import ConfigError
 from animacy.resources import resource
 
 PROFILES = resource("animacy.data", "device_profiles.json")
 PROMPT_TOKENS = 40  # system prompt + task, rendered (the demo's prompts are 30-45 tokens)
+USER_TOKENS = 20  # a user's turn in a conversation, rendered
+GEN_CONTEXT = 128  # the mean context of benchmarks/gpu.py's generation (64-token prompts, 128 new tokens)
 USABLE = 0.9  # the share of the card's memory a study may plan to use
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -44,6 +54,8 @@ SHAPES: dict[str, tuple[str, dict]] = {
     "gemma3-27b": ("Gemma3TextConfig", dict(vocab_size=262208, hidden_size=5376, intermediate_size=21504,
                                             num_hidden_layers=62, num_attention_heads=32, num_key_value_heads=16,
                                             head_dim=128, sliding_window=1024, query_pre_attn_scalar=168,
+                                            layer_types=["full_attention" if (k + 1) % 6 == 0 else
+                                                         "sliding_attention" for k in range(62)],
                                             tie_word_embeddings=True, max_position_embeddings=131072)),
     "qwen3-30b-a3b": ("Qwen3MoeConfig", dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
                                              moe_intermediate_size=768, num_hidden_layers=48, num_attention_heads=32,
@@ -68,14 +80,19 @@ class Shape:
     experts_per_token: int = 0
     moe_intermediate: int = 0
     tied: bool = False
+    window: int = 0  # a sliding-window layer's KV cache holds at most this many tokens
+    sliding_layers: int = 0
 
     @classmethod
     def from_config(cls, name: str, c: dict) -> Shape:
-        heads = c["num_attention_heads"]
-        return cls(name, c["num_hidden_layers"], c["hidden_size"], heads, c.get("num_key_value_heads") or heads,
+        heads, layers = c["num_attention_heads"], c["num_hidden_layers"]
+        window = 0 if c.get("use_sliding_window") is False else c.get("sliding_window") or 0
+        types = c.get("layer_types")  # else every layer slides where there is a window (Mistral)
+        sliding = 0 if not window else sum(t == "sliding_attention" for t in types) if types else layers
+        return cls(name, layers, c["hidden_size"], heads, c.get("num_key_value_heads") or heads,
                    c.get("head_dim") or c["hidden_size"] // heads, c["vocab_size"], c.get("intermediate_size", 0),
                    c.get("num_experts") or c.get("num_local_experts") or 0, c.get("num_experts_per_tok") or 0,
-                   c.get("moe_intermediate_size") or 0, bool(c.get("tie_word_embeddings", False)))
+                   c.get("moe_intermediate_size") or 0, bool(c.get("tie_word_embeddings", False)), window, sliding)
 
     @classmethod
     def named(cls, name: str) -> Shape:
@@ -108,8 +125,11 @@ class Shape:
         active = self.layers * (self._attention() + self._mlp(True)) + self.vocab * self.hidden
         return 2.0 * active + 4.0 * self.layers * context * self.heads * self.head_dim
 
-    def kv_bytes_per_token(self, nbytes: int) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * nbytes
+    def kv_bytes(self, context: float, nbytes: int) -> float:
+        """Bytes of one sequence's KV cache at `context` tokens (a sliding-window layer holds the window's
+        last tokens but one, as transformers' cache does)."""
+        held = (self.layers - self.sliding_layers) * context + self.sliding_layers * min(context, self.window - 1)
+        return 2 * self.kv_heads * self.head_dim * nbytes * held
 
 
 def model_shape(cfg: StudyConfig, name: str | None = None) -> Shape:
@@ -147,6 +167,87 @@ def load_profile(name: str, path: Path = PROFILES) -> dict:
     return p
 
 
+def timed(fn, device: str, repeats: int = 1) -> float:
+    """Seconds per call of `fn`, after one warm-up call (synchronised on CUDA)."""
+    import time
+
+    import torch
+
+    fn()
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / repeats
+
+
+def measure_rates(backend, seqs: list[list[int]], split: int, sweep, gen_prompts: list[list[int]], gen_tokens: int,
+                  repeats: int = 1) -> dict:
+    """The rates a profile holds, measured on `backend` (each call timed after a warm-up): scored tokens/s
+    of `seqs` in one batch (the first `split` tokens the prompt), steered continuation tokens/s of one
+    sweep of the first sequence under `sweep` (one row per coefficient), and generated tokens/s of
+    `generate_many` on `gen_prompts` (counter-seeded sampling at temperature 1, never stopping early)."""
+    from animacy.collect.backend import Sampling
+
+    device = backend.device
+    t_score = timed(lambda: backend.score_batch([q[:split] for q in seqs], [q[split:] for q in seqs]), device,
+                    repeats)
+    t_sweep = timed(lambda: backend.score(seqs[0][:split], seqs[0][split:], sweep), device, repeats)
+    eos, backend.eos = backend.eos, set()
+    try:
+        seeds = list(range(len(gen_prompts)))
+        t_gen = timed(lambda: backend.generate_many(gen_prompts, seeds, Sampling(1.0, max_tokens=gen_tokens)),
+                      device, 1)
+    finally:
+        backend.eos = eos
+    n = len(gen_prompts)
+    return {"scoring_tok_s": sum(map(len, seqs)) / t_score, "sweep_seconds": t_sweep,
+            "steering_tok_s": len(sweep.coeffs) * (len(seqs[0]) - split) / t_sweep,
+            "generation_tok_s": n * gen_tokens / t_gen, "generation_batch": n,
+            "generation_context": len(gen_prompts[0]) + gen_tokens / 2}
+
+
+def measure_here(cfg: StudyConfig, shape: Shape, response_tokens: int | None = None) -> dict:
+    """A profile measured now on the study's own device, with its model, dtype and batch sizes: scoring a
+    batch of `max_batch_tokens`, a sweep of its derivations x magnitudes at its steered layers, and
+    generating `generation_batch` responses (random token ids: speed does not depend on them)."""
+    import datetime
+    import os
+
+    import torch
+
+    from animacy.collect.backend import Intervention, TransformersBackend
+    from animacy.collect.model import load_model
+
+    lm = load_model(cfg.model_source, cfg.model_revision, cfg.dtype, cfg.device, experts=cfg.experts)
+    backend = TransformersBackend(lm.model, lm.tokenizer, cfg.generation_batch)
+    R = min(response_tokens or cfg.max_new_tokens, 256)  # enough to measure a rate
+    seq = PROMPT_TOKENS + R
+    gen = torch.Generator().manual_seed(0)
+    rows = max(1, cfg.max_batch_tokens // seq)
+    seqs = torch.randint(10, shape.vocab, (rows, seq), generator=gen).tolist()
+    cells = max(1, len(cfg.derivations) * sum(m != 0 for m in cfg.magnitudes))
+    layers = cfg.steer_layers or [shape.layers // 2]
+    V = torch.nn.functional.normalize(torch.randn(cells, shape.hidden, generator=gen), dim=1).to(lm.device)
+    sweep = Intervention("add", {k: V for k in layers}, torch.linspace(0.5, 1.0, cells), cfg.position_mode)
+    steps = min(R, 32)
+    prompts = torch.randint(10, shape.vocab, (cfg.generation_batch, PROMPT_TOKENS), generator=gen).tolist()
+    rates = measure_rates(backend, seqs, PROMPT_TOKENS, sweep, prompts, steps)
+    if lm.device.type == "cuda":
+        card, memory_gib = torch.cuda.get_device_name(), torch.cuda.mem_get_info()[1] / 2**30
+    else:
+        card = f"{lm.device.type} ({torch.get_num_threads()} threads)"
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    rates.pop("sweep_seconds")
+    return {"card": card, "memory_gib": memory_gib, "peak_tflops_bf16": None,
+            "source": f"measured now ({datetime.date.today()}) with {cfg.model_source} in {cfg.dtype}: scoring "
+                      f"{rows} x {seq} tokens, a sweep of {cells} rows, generating {cfg.generation_batch} x {steps}",
+            "models": {shape.name: rates}}
+
+
 @dataclass
 class Stage:
     name: str
@@ -154,6 +255,11 @@ class Stage:
     flops: float
     seconds: float
     rate: str  # how the time was worked out
+
+
+def _batches(n: int, batch: int) -> list[int]:
+    """The batch sizes `n` sequences are generated in: full batches of `batch`, then the remainder."""
+    return [batch] * (n // batch) + ([n % batch] if n % batch else [])
 
 
 def estimate(cfg: StudyConfig, n_roles: int, n_steered: int, shape: Shape, profile: dict,
@@ -165,35 +271,56 @@ def estimate(cfg: StudyConfig, n_roles: int, n_steered: int, shape: Shape, profi
     responses = n_roles * len(cfg.tasks) * cfg.replicates
     steered = n_steered * len(cfg.tasks) * cfg.replicates
     measured = profile.get("models", {}).get(shape.name)
-    d = profile["defaults"]
-    mfu = measured["scoring_mfu"] if measured else d["scoring_mfu_moe" if shape.moe else "scoring_mfu_dense"]
-    flops_rate = profile["peak_tflops_bf16"] * 1e12 * mfu
-    steer_rate = flops_rate * (measured["steering_tok_s"] / measured["scoring_tok_s"] if measured
-                               else d["steering_over_scoring"])
-    mfu_note = f"MFU {mfu:.2f} ({'measured for ' + shape.name if measured else 'measured on its kind'})"
+    d = profile.get("defaults") or {}
+    if measured:  # the measured MFU x the peak, where a peak is known, is the same rate
+        flops_rate = measured["scoring_tok_s"] * shape.flops_per_token()
+        steer_ratio = measured["steering_tok_s"] / measured["scoring_tok_s"]
+        how = f"{measured['scoring_tok_s']:,.0f} scored tok/s measured for {shape.name}"
+    else:
+        mfu = d["scoring_mfu_moe" if shape.moe else "scoring_mfu_dense"]
+        flops_rate, steer_ratio = profile["peak_tflops_bf16"] * 1e12 * mfu, d["steering_over_scoring"]
+        how = f"MFU {mfu:.2f} (measured on its kind)"
+    if measured and profile.get("peak_tflops_bf16"):
+        how = f"MFU {flops_rate / (profile['peak_tflops_bf16'] * 1e12):.2f} (measured for {shape.name})"
+    steer_rate = flops_rate * steer_ratio
 
-    def gen_rate(batch: int) -> tuple[float, str]:
-        if measured and cfg.generator == "transformers":
-            note = f"{measured['generation_tok_s']:,.0f} tok/s measured for {shape.name} at batch " \
+    def step_bytes(batch: int, context: float) -> float:
+        return shape.params_total * nbytes + batch * shape.kv_bytes(context, nbytes)
+
+    def step_seconds(batch: int, context: float) -> float:
+        """One decoding step of `batch` sequences at `context` tokens: its bytes at the measured (or the
+        card's) rate, or its FLOPs, whichever takes longer."""
+        if measured:
+            mb, mctx = measured["generation_batch"], measured.get("generation_context", GEN_CONTEXT)
+            t = mb / measured["generation_tok_s"] * step_bytes(batch, context) / step_bytes(mb, mctx)
+        else:
+            t = step_bytes(batch, context) / (d["generation_bandwidth_efficiency"] * profile["bandwidth_tb_s"] * 1e12)
+        return max(t, batch * shape.flops_per_token(context) / flops_rate)
+
+    def generation(name: str, per_job: list[int], repeats: int, steps: int, context: float) -> Stage:
+        """Jobs of `per_job` sequences each, generated `repeats` times (magnitudes, arms x turns), `steps`
+        tokens long, `generation_batch` at a time."""
+        sizes = [_batches(n, cfg.generation_batch) for n in per_job]
+        seconds = repeats * steps * sum(step_seconds(b, context) for job in sizes for b in job)
+        tokens = repeats * steps * sum(per_job)
+        rate = tokens / seconds if seconds else 0.0
+        if measured:
+            note = f"{rate:,.0f} tok/s from {measured['generation_tok_s']:,.0f} measured at batch " \
                    f"{measured['generation_batch']}"
-            if cfg.compile_decoding:
-                note += " (compile_decoding is on but not measured: an upper bound on time)"
-            return measured["generation_tok_s"], note
-        step_bytes = shape.params_total * nbytes + batch * (P + R) * shape.kv_bytes_per_token(nbytes)
-        rate = d["generation_bandwidth_efficiency"] * batch * profile["bandwidth_tb_s"] * 1e12 / step_bytes
-        note = f"{rate:,.0f} tok/s from bandwidth x efficiency {d['generation_bandwidth_efficiency']}"
-        if cfg.generator == "vllm":
+        else:
+            note = f"{rate:,.0f} tok/s from bandwidth x efficiency {d['generation_bandwidth_efficiency']}"
+        note += f"; batches of {'/'.join(map(str, sorted({b for job in sizes for b in job}, reverse=True)))}"
+        if cfg.generator == "vllm" and name == "generation":
             note += " (vLLM not measured: the transformers rate, an upper bound on time)"
-        return rate, note
+        if cfg.compile_decoding:
+            note += " (compile_decoding is on but not measured: an upper bound on time)"
+        return Stage(name, tokens, tokens * shape.flops_per_token(context), seconds, note)
 
-    stages = []
-    rate, note = gen_rate(cfg.generation_batch)
-    stages.append(Stage("generation", responses * R, responses * R * shape.flops_per_token(P + R / 2),
-                        responses * R / rate, note))
+    stages = [generation("generation", [len(cfg.tasks) * cfg.replicates] * n_roles, 1, R, P + R / 2)]
     score_tokens = responses * 2 * (P + R)
     score_flops = score_tokens * shape.flops_per_token((P + R) / 2)
     stages.append(Stage("scoring (with and without the prompt)", score_tokens, score_flops, score_flops / flops_rate,
-                        mfu_note))
+                        how))
     S = min(cfg.score_tokens or R, R)
     first = min(cfg.steer_layers) if cfg.steer_layers else 0
     share = (shape.layers - first) / shape.layers  # a sweep runs the layers below the first steered one once
@@ -204,24 +331,43 @@ def estimate(cfg: StudyConfig, n_roles: int, n_steered: int, shape: Shape, profi
         if n:
             flops = steered * per_seq * (n * share + (1 if name == "steering sweeps" else 0))
             stages.append(Stage(name, steered * n * (P + S), flops, flops / steer_rate,
-                                f"{mfu_note}, x {steer_rate / flops_rate:.2f} for sweeps"))
+                                f"{how}, x {steer_ratio:.2f} for sweeps"))
+    if cfg.word_guess_prompt:  # per steered role: the role word (a token or two) after the prompt, in a sweep
+        rows_wg = 1 + len(cfg.derivations) * len(cfg.magnitudes)
+        flops = n_steered * rows_wg * (P + 2) * shape.flops_per_token(P / 2)
+        stages.append(Stage("word guess", n_steered * rows_wg * (P + 2), flops, flops / steer_rate,
+                            f"{how}, x {steer_ratio:.2f} for sweeps"))
     conv = cfg.conversations
     if conv:
         arms = 1 + len(conv.cap_taus) + int(conv.ablate)
         n = len(conv.roles) if conv.roles is not None else n_roles - 1  # default: every role but the no-prompt pass
-        tokens = n * conv.replicates * arms * conv.n_turns * conv.max_new_tokens
-        rate, note = gen_rate(conv.replicates)
-        stages.append(Stage("conversations", tokens, tokens * shape.flops_per_token(conv.n_turns * R), tokens / rate,
-                            note + f" (batch {conv.replicates})"))
-    trait_rows = sum(len(t.questions or cfg.tasks) * len(t.magnitudes) for t in cfg.traits) * cfg.replicates
-    if trait_rows:
-        rate, note = gen_rate(cfg.generation_batch)
-        stages.append(Stage("trait-steered generation", trait_rows * R, trait_rows * R * shape.flops_per_token(P + R),
-                            trait_rows * R / rate, note))
+        per = max(1, cfg.generation_batch // conv.replicates)  # whole roles per job, as the runner groups them
+        groups = [len(g) * conv.replicates for g in np.array_split(np.arange(n), -(-n // per))]
+        turns = conv.n_turns + (0 if conv.scripted else conv.n_turns - 1)  # a user model writes all but the first
+        context = P + (conv.n_turns - 1) / 2 * (USER_TOKENS + conv.max_new_tokens) + conv.max_new_tokens / 2
+        stages.append(generation("conversations", groups, arms * turns, conv.max_new_tokens, context))
+    for t in cfg.traits:
+        if t.magnitudes:
+            stages.append(generation(f"trait-steered generation ({t.name})",
+                                     [len(t.questions or cfg.tasks) * cfg.replicates], len(t.magnitudes), R, P + R / 2))
     total = sum(s.seconds for s in stages)
     return {"stages": stages, "total_seconds": total, "dominant": max(stages, key=lambda s: s.seconds).name,
             "memory": memory(cfg, shape, profile["memory_gib"], R), "profile": profile, "shape": shape,
             "responses": responses, "response_tokens": R}
+
+
+def generation_batches(cfg: StudyConfig, response_tokens: int) -> list[tuple[int, float]]:
+    """(largest batch, longest context) of each kind of generation job: a role's responses, a trait's
+    questions at one magnitude, and a conversation group's last turn."""
+    out = [(min(cfg.generation_batch, len(cfg.tasks) * cfg.replicates), PROMPT_TOKENS + response_tokens)]
+    out += [(min(cfg.generation_batch, len(t.questions or cfg.tasks) * cfg.replicates), PROMPT_TOKENS + response_tokens)
+            for t in cfg.traits if t.magnitudes]
+    conv = cfg.conversations
+    if conv:
+        per = max(1, cfg.generation_batch // conv.replicates)
+        out.append((min(cfg.generation_batch, per * conv.replicates),
+                    PROMPT_TOKENS + conv.n_turns * (USER_TOKENS + conv.max_new_tokens)))
+    return out
 
 
 def memory(cfg: StudyConfig, shape: Shape, card_gib: float, response_tokens: int | None = None) -> dict:
@@ -230,7 +376,7 @@ def memory(cfg: StudyConfig, shape: Shape, card_gib: float, response_tokens: int
     nbytes = BYTES.get(cfg.dtype, 2)
     gib = 2.0**30
     weights = shape.params_total * nbytes / gib
-    kv = cfg.generation_batch * (PROMPT_TOKENS + R) * shape.kv_bytes_per_token(nbytes) / gib
+    kv = max(batch * shape.kv_bytes(context, nbytes) for batch, context in generation_batches(cfg, R)) / gib
     width = shape.hidden * 4 + max(shape.intermediate, shape.moe_intermediate * max(shape.experts_per_token, 1)) * 3
     activations = cfg.max_batch_tokens * width * nbytes / gib
     captured = len(cfg.capture_layers) * cfg.max_batch_tokens * shape.hidden * 4 / gib
@@ -247,9 +393,11 @@ def check_memory(cfg: StudyConfig, shape: Shape, card_gib: float, card: str) -> 
     if m["fits"]:
         return
     worst = max(m["need_gib"], key=m["need_gib"].get)
+    batch = max(b for b, _ in generation_batches(cfg, cfg.max_new_tokens))
     raise ConfigError(cfg.path, f"{cfg.model_source} does not fit {card} ({card_gib:.0f} GiB, {m['usable_gib']:.0f} "
                       f"usable) at the configured batch sizes: {worst} needs {m['need_gib'][worst]:.1f} GiB (weights "
-                      f"{m['need_gib']['weights']:.1f} GiB, generation_batch {cfg.generation_batch}, max_batch_tokens "
+                      f"{m['need_gib']['weights']:.1f} GiB, generation batches of up to {batch} at generation_batch "
+                      f"{cfg.generation_batch}, max_batch_tokens "
                       f"{cfg.max_batch_tokens:,})",
                       column="model.generation_batch" if worst.startswith("generation") else "model.max_batch_tokens",
                       hint="Lower model.generation_batch or model.max_batch_tokens, or use a larger card.")
@@ -258,14 +406,15 @@ def check_memory(cfg: StudyConfig, shape: Shape, card_gib: float, card: str) -> 
 def report(plan: dict) -> str:
     """The plan as text: one line per stage, the total, what dominates, the memory check."""
     p, shape = plan["profile"], plan["shape"]
+    unit, per = ("hours", 3600) if plan["total_seconds"] >= 7200 else ("minutes", 60)
     lines = [f"card: {p['card']}  ({p['source']})",
              f"model: {shape.name}, {shape.params_total / 1e9:.1f}B parameters"
              f"{' (mixture of experts)' if shape.moe else ''}; "
              f"{plan['responses']:,} responses of up to {plan['response_tokens']:,} tokens",
-             f"{'stage':40s} {'tokens':>14s} {'PFLOP':>10s} {'hours':>8s}  how"]
+             f"{'stage':40s} {'tokens':>14s} {'PFLOP':>10s} {unit:>8s}  how"]
     for s in plan["stages"]:
-        lines.append(f"{s.name:40s} {s.tokens:14,.0f} {s.flops / 1e15:10.1f} {s.seconds / 3600:8.2f}  {s.rate}")
-    lines.append(f"{'total':40s} {'':14s} {'':10s} {plan['total_seconds'] / 3600:8.2f}  "
+        lines.append(f"{s.name:40s} {s.tokens:14,.0f} {s.flops / 1e15:10.1f} {s.seconds / per:8.2f}  {s.rate}")
+    lines.append(f"{'total':40s} {'':14s} {'':10s} {plan['total_seconds'] / per:8.2f}  "
                  f"(dominated by {plan['dominant']})")
     m = plan["memory"]
     need = ", ".join(f"{k} {v:.1f}" for k, v in m["need_gib"].items())

@@ -50,9 +50,23 @@ def test_the_estimate_scales_with_the_study_and_the_card():
     assert slow["scoring (with and without the prompt)"] == pytest.approx(
         double["scoring (with and without the prompt)"] / 0.3155, rel=1e-6)
     assert slow["generation"] == pytest.approx(double["generation"] / 0.425, rel=1e-6)
-    # measured rates are used as measured: 366 generated tokens/s for Gemma-27B on the H200
-    gen = estimate(load_config(ORIGINAL), 123, 120, shape, h200)["stages"][0]
+    # measured rates are used as measured: 366 generated tokens/s for Gemma-27B on the H200, at the batch
+    # (32) and mean context (128 tokens) it was measured at
+    cfg = load_config(ORIGINAL)
+    cfg.tasks, cfg.replicates, cfg.generation_batch = cfg.tasks[:8], 4, 32
+    gen = estimate(cfg, 123, 120, shape, h200, response_tokens=2 * (128 - 40))["stages"][0]
     assert gen.seconds == pytest.approx(gen.tokens / 366) and "measured" in gen.rate
+    # decoding reads the weights once per step, whatever the batch: a quarter of the batch, about a quarter
+    # of the rate; and a role's 50 responses at generation_batch 32 are two batches, 32 and 18
+    cfg.generation_batch = 8
+    small = estimate(cfg, 123, 120, shape, h200, response_tokens=176)["stages"][0]
+    assert 3.5 < small.seconds / gen.seconds < 4.0
+    cfg = load_config(ORIGINAL)
+    cfg.generation_batch = 32
+    split = estimate(cfg, 123, 120, shape, h200)["stages"][0]
+    cfg.generation_batch = 50
+    whole = estimate(cfg, 123, 120, shape, h200)["stages"][0]
+    assert "batches of 32/18" in split.rate and 1.5 < split.seconds / whole.seconds < 2.0
 
 
 def test_a_model_too_large_for_the_card_is_refused_with_the_numbers():
@@ -83,3 +97,27 @@ def test_the_plan_needs_neither_torch_nor_transformers():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "dominated by generation" in res.stdout
+
+
+def test_the_kv_cache_the_plan_counts_is_the_one_transformers_holds():
+    """Bytes of the KV cache after a forward over 40 tokens, as transformers allocates it, for a model with
+    sliding-window layers (Gemma 3: five in six slide) and one without (Llama): the plan's count, exactly."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from animacy.collect.plan import SHAPES
+
+    kinds = {"gemma3": transformers.Gemma3TextConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=16, layer_types=[
+            "full_attention" if (k + 1) % 6 == 0 else "sliding_attention" for k in range(6)]),
+        "llama": transformers.LlamaConfig(**SHAPES["tiny"][1])}
+    for name, config in kinds.items():
+        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+        with torch.inference_mode():
+            out = model(torch.arange(2, 42)[None], use_cache=True)
+        held = sum(t.numel() * t.element_size() for layer in out.cache.layers
+                   for t in (layer.keys, layer.values))
+        shape = Shape.from_config(name, config.to_dict())
+        assert shape.kv_bytes(40, 4) == held, name
+    assert Shape.named("gemma3-27b").sliding_layers == 52 and Shape.named("llama3-8b").sliding_layers == 0
