@@ -18,7 +18,7 @@ dtype = "float32"                  # bfloat16 on a GPU
 device = "cpu"                     # or "cuda"
 generator = "transformers"         # or "vllm" (GPU; scoring stays on transformers)
 max_batch_tokens = 4096            # scoring batches packed to this many (padded) tokens; raise on a GPU
-generation_batch = 8               # transformers generation: responses sampled together (a role's, in batches of 8)
+generation_batch = 8               # responses (conversations) sampled together; roles grouped into full batches
 compile_decoding = false           # a static KV cache and compiled decoding steps (CUDA graphs): for GPUs
 experts = "grouped_mm"             # mixtures of experts: eager | grouped_mm | batched_mm (default: transformers')
 

@@ -28,9 +28,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from animacy.collect.config import StudyConfig
+from animacy.collect.study_roles import role_groups
 from animacy.errors import ConfigError
 from animacy.resources import resource
 
@@ -316,7 +315,9 @@ def estimate(cfg: StudyConfig, n_roles: int, n_steered: int, shape: Shape, profi
             note += " (compile_decoding is on but not measured: an upper bound on time)"
         return Stage(name, tokens, tokens * shape.flops_per_token(context), seconds, note)
 
-    stages = [generation("generation", [len(cfg.tasks) * cfg.replicates] * n_roles, 1, R, P + R / 2)]
+    per_role = len(cfg.tasks) * cfg.replicates
+    jobs = role_groups(list(range(n_roles)), per_role, cfg.generation_batch)  # as the runner groups them
+    stages = [generation("generation", [len(g) * per_role for g in jobs], 1, R, P + R / 2)]
     score_tokens = responses * 2 * (P + R)
     score_flops = score_tokens * shape.flops_per_token((P + R) / 2)
     stages.append(Stage("scoring (with and without the prompt)", score_tokens, score_flops, score_flops / flops_rate,
@@ -341,8 +342,7 @@ def estimate(cfg: StudyConfig, n_roles: int, n_steered: int, shape: Shape, profi
     if conv:
         arms = 1 + len(conv.cap_taus) + int(conv.ablate)
         n = len(conv.roles) if conv.roles is not None else n_roles - 1  # default: every role but the no-prompt pass
-        per = max(1, cfg.generation_batch // conv.replicates)  # whole roles per job, as the runner groups them
-        groups = [len(g) * conv.replicates for g in np.array_split(np.arange(n), -(-n // per))]
+        groups = [len(g) * conv.replicates for g in role_groups(list(range(n)), conv.replicates, cfg.generation_batch)]
         turns = conv.n_turns + (0 if conv.scripted else conv.n_turns - 1)  # a user model writes all but the first
         context = P + (conv.n_turns - 1) / 2 * (USER_TOKENS + conv.max_new_tokens) + conv.max_new_tokens / 2
         stages.append(generation("conversations", groups, arms * turns, conv.max_new_tokens, context))
@@ -357,16 +357,14 @@ def estimate(cfg: StudyConfig, n_roles: int, n_steered: int, shape: Shape, profi
 
 
 def generation_batches(cfg: StudyConfig, response_tokens: int) -> list[tuple[int, float]]:
-    """(largest batch, longest context) of each kind of generation job: a role's responses, a trait's
-    questions at one magnitude, and a conversation group's last turn."""
-    out = [(min(cfg.generation_batch, len(cfg.tasks) * cfg.replicates), PROMPT_TOKENS + response_tokens)]
+    """(largest batch, longest context) of each kind of generation job: a group of roles' responses, a
+    trait's questions at one magnitude, and a group's conversations at their last turn."""
+    out = [(cfg.generation_batch, PROMPT_TOKENS + response_tokens)]  # roles grouped into full batches
     out += [(min(cfg.generation_batch, len(t.questions or cfg.tasks) * cfg.replicates), PROMPT_TOKENS + response_tokens)
             for t in cfg.traits if t.magnitudes]
     conv = cfg.conversations
     if conv:
-        per = max(1, cfg.generation_batch // conv.replicates)
-        out.append((min(cfg.generation_batch, per * conv.replicates),
-                    PROMPT_TOKENS + conv.n_turns * (USER_TOKENS + conv.max_new_tokens)))
+        out.append((cfg.generation_batch, PROMPT_TOKENS + conv.n_turns * (USER_TOKENS + conv.max_new_tokens)))
     return out
 
 

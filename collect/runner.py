@@ -2,9 +2,10 @@
 and without the prompt, with activations -> vectors -> steering, capping and ablation -> word guess ->
 trait-steered generation -> conversations).
 
-Every job has a deterministic id (`gen-0003`, `score-0003`, `vectors`, `steer-0003`, `wordguess-0003`,
-one per role; `trait-0001`, one per steered trait; `conversations-0002`, one per group of about
-`generation_batch` conversations). A job writes its Parquet parts atomically
+Every job has a deterministic id: `gen-0001` and `conversations-0002`, one per group of roles whose
+responses (conversations) are generated together in full batches (`study_roles.role_groups`);
+`score-0003`, `steer-0003`, `wordguess-0003`, one per role; `trait-0001`, one per steered trait;
+`vectors`. A job writes its Parquet parts atomically
 (`tokens/part-score-0003.parquet`, ...) and then its done marker (`_jobs/score-0003.done`); a resumed
 run skips jobs with a marker and rewrites the parts of any other, so a killed run resumed gives exactly
 the tables of an uninterrupted one. `--shard i/n` runs the jobs whose index is i modulo n (one process
@@ -35,7 +36,7 @@ from animacy.writers import write_table
 @dataclass
 class Job:
     stage: str
-    index: int  # role index (a trait's for trait jobs, a group's for conversation jobs, 0 for the vectors job)
+    index: int  # a role's (a group's for generation and conversations, a trait's for traits; 0: vectors)
 
     @property
     def id(self) -> str:
@@ -72,8 +73,11 @@ class Runner:
         write_json({"job": job.id, **out.info}, self.out / JOBS / f"{job.id}.done")
 
     def mine(self, jobs: list[Job]) -> list[Job]:
+        """This shard's jobs of a stage: every n-th; a role's scoring job goes to the shard that generated
+        its responses."""
         i, n = self.shard
-        return [j for k, j in enumerate(jobs) if k % n == i]
+        group = {k: g for g, ks in enumerate(self.stages.generation_groups) for k in ks}
+        return [j for k, j in enumerate(jobs) if (group[j.index] if j.stage == "score" else k) % n == i]
 
     # ---- the run --------------------------------------------------------------------------------
     def check_layers(self) -> None:
@@ -114,8 +118,8 @@ class Runner:
 
     def jobs(self) -> list[Job]:
         """Every job of the study (all shards), in the order they run: the plan the manifest records."""
-        n = len(self.roles)
-        jobs = [Job("gen", k) for k in range(n)] + [Job("score", k) for k in range(n)] + [Job("vectors", 0)]
+        n, groups = len(self.roles), len(self.stages.generation_groups)
+        jobs = [Job("gen", g) for g in range(groups)] + [Job("score", k) for k in range(n)] + [Job("vectors", 0)]
         if self.cfg.magnitudes or self.cfg.cap_taus or self.cfg.ablate:
             jobs += [Job("steer", k) for k in self.stages.steered_roles]
         if self.cfg.word_guess_prompt:
@@ -125,23 +129,23 @@ class Runner:
         return jobs
 
     def check_markers(self) -> None:
-        """Every finished job in the folder is one this study plans, and a conversation group's covers the
-        same roles: a folder collected with another job layout (by an older animacy, or with another
-        `model.generation_batch`, which groups the conversations) is refused, never mixed into."""
+        """Every finished job in the folder is one this study plans, and a generation or conversation job's
+        covers the same roles: a folder collected with another job layout (by an older animacy, or with
+        another `model.generation_batch`, which groups the roles) is refused, never mixed into."""
         planned = {j.id: j for j in self.jobs()}
-        groups = self.stages.conversation_groups
+        groups = {"gen": self.stages.generation_groups, "conversations": self.stages.conversation_groups}
         for marker in sorted((self.out / JOBS).glob("*.done")) if (self.out / JOBS).exists() else []:
             job = planned.get(marker.stem)
-            if marker.stem.startswith("shard-") or (job is not None and job.stage != "conversations"):
+            if marker.stem.startswith("shard-") or (job is not None and job.stage not in groups):
                 continue
             if job is None:
                 why = "a job this study does not plan"
             else:
-                want = [str(self.roles.iloc[k]["role"]) for k in groups[job.index]]
+                want = [str(self.roles.iloc[k]["role"]) for k in groups[job.stage][job.index]]
                 got = json.loads(marker.read_text()).get("roles")
                 if got == want:
                     continue
-                why = f"conversations of {got}, where this study's group {job.index} is {want}"
+                why = f"the roles {got}, where this study's job has {want}"
             raise ConfigError(self.out, f"{self.out} holds a finished job, {marker.stem} ({why}): the folder was "
                               "collected with another job layout (an older animacy, or another "
                               "model.generation_batch), and resuming would mix the two",
@@ -184,7 +188,7 @@ class Runner:
             if stage == "score":  # generation is over: a vLLM engine gives the card back before the scorer loads
                 st.release_generator()
             jobs = self.mine([j for j in plan if j.stage == stage])
-            unit = "groups of roles" if stage == "conversations" else "traits" if stage == "trait" else "roles"
+            unit = "groups of roles" if stage in ("gen", "conversations") else "traits" if stage == "trait" else "roles"
             for job in progress(jobs, f"{stage} ({unit})", quiet=self.quiet) if jobs else []:
                 if not self.done(job):
                     self._finish(job, work[stage](job.index))

@@ -25,6 +25,7 @@ from animacy.collect.backend import Intervention, Sampling, TransformersBackend,
 from animacy.collect.config import StudyConfig
 from animacy.collect.model import LoadedModel, describe_model, load_model
 from animacy.collect.prompts import Prompt, render_conversation, render_prompt, system_text
+from animacy.collect.study_roles import role_groups
 from animacy.collect.vllm_backend import VLLMBackend
 from animacy.errors import ConfigError
 from animacy.run import JOBS, Run
@@ -141,17 +142,25 @@ class Stages:
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list:
         return self.generator.generate_many(prompts, seeds, self.sampling)
 
-    def generate(self, index: int) -> Output:
-        """Sample every response of role `index` (seeded per response)."""
-        role = self.roles.iloc[index]["role"]
-        cells = [(t, r) for t in range(len(self.cfg.tasks)) for r in range(self.cfg.replicates)]
-        prompts = {t: self._prompt(role, t, True).ids for t in range(len(self.cfg.tasks))}
-        seeds = [response_seed(self.cfg.seed, role, t, r) for t, r in cells]
-        gens = self._generate([prompts[t] for t, _ in cells], seeds)
+    @property
+    def generation_groups(self) -> list[list[int]]:
+        """The roles in groups, one generation job each, so responses are sampled in full batches
+        (`study_roles.role_groups`)."""
+        return role_groups(list(range(len(self.roles))), len(self.cfg.tasks) * self.cfg.replicates,
+                           self.cfg.generation_batch)
+
+    def generate(self, group: int) -> Output:
+        """Sample every response of the roles of generation group `group` together (seeded per response)."""
+        roles = [self.roles.iloc[k]["role"] for k in self.generation_groups[group]]
+        cells = [(role, t, r) for role in roles for t in range(len(self.cfg.tasks)) for r in range(self.cfg.replicates)]
+        prompts = {(role, t): self._prompt(role, t, True).ids for role in roles for t in range(len(self.cfg.tasks))}
+        seeds = [response_seed(self.cfg.seed, role, t, r) for role, t, r in cells]
+        gens = self._generate([prompts[role, t] for role, t, _ in cells], seeds)
         rows = [{"response_id": response_id(role, f"t{t:02d}", r), "role": role, "task_id": f"t{t:02d}",
                  "replicate": r, "seed": seed, "text": g.text, "n_tokens": len(g.ids), "finish_reason": g.finish_reason,
-                 "token_ids": g.ids} for (t, r), seed, g in zip(cells, seeds, gens)]
-        return Output({"responses": pd.DataFrame(rows).astype({"seed": "int64"})}, {"responses": len(rows)})
+                 "token_ids": g.ids} for (role, t, r), seed, g in zip(cells, seeds, gens)]
+        return Output({"responses": pd.DataFrame(rows).astype({"seed": "int64"})},
+                      {"responses": len(rows), "roles": [str(r) for r in roles]})
 
     def _responses(self, role: str) -> pd.DataFrame:
         run = Run(self.out)
@@ -321,13 +330,10 @@ class Stages:
 
     @property
     def conversation_groups(self) -> list[list[int]]:
-        """The conversation roles in groups, one job each, of about `generation_batch` conversations (whole
-        roles, the groups as even as can be), so each turn of each arm is generated in full batches."""
+        """The conversation roles in groups, one job each, so each turn of each arm is generated in full
+        batches (`study_roles.role_groups`)."""
         roles = self.conversation_roles
-        if not roles:
-            return []
-        per = max(1, self.cfg.generation_batch // self.cfg.conversations.replicates)
-        return [list(g) for g in np.array_split(roles, -(-len(roles) // per))]
+        return role_groups(roles, self.cfg.conversations.replicates, self.cfg.generation_batch) if roles else []
 
     def _user_backend(self) -> TransformersBackend:
         """The model that writes generated user turns: the study's own, or `user_model` (loaded once)."""

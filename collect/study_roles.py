@@ -40,3 +40,21 @@ def study_roles(cfg: StudyConfig) -> pd.DataFrame:
     front = ["role", "group", "is_control"]
     out = out[front + [c for c in out.columns if c not in front]]
     return out.drop(columns=[c for c in ("category", "broad_category") if c in out and out[c].isna().all()])
+
+
+def role_groups(roles: list[int], per_role: int, batch: int, waste: float = 0.1) -> list[list[int]]:
+    """Consecutive roles grouped into jobs whose `per_role` sequences each are generated `batch` at a time:
+    the fewest roles per job (at least batch // per_role) whose batches are at most `waste` padding, so
+    the last batch of a job is rarely a small one (a role's 50 responses at batch 32: three roles, 150 in
+    five batches, not two batches of 32 and 18 for each).
+
+    >>> role_groups(list(range(7)), per_role=50, batch=32)
+    [[0, 1, 2], [3, 4, 5], [6]]
+    >>> role_groups(list(range(5)), per_role=2, batch=8)
+    [[0, 1, 2, 3], [4]]
+    """
+    per_role, batch = max(1, per_role), max(1, batch)
+    k = max(1, batch // per_role)
+    while -(k * per_role) % batch > waste * (k * per_role + -(k * per_role) % batch):
+        k += 1
+    return [roles[i:i + k] for i in range(0, len(roles), k)]

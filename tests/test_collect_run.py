@@ -152,12 +152,19 @@ def test_killed_run_resumes_to_identical_tables(config, full_run, tmp_path, caps
         pd.testing.assert_frame_equal(a[name], b[name], check_exact=True, obj=name)
     assert Run(out).missing_jobs() == [] and main(["validate", str(out)]) == 0
     jobs = Run(out).manifest["jobs"]
-    assert sorted(jobs["done"]) == sorted(jobs["planned"]) and len(jobs["planned"]) == 4 * 2 + 1 + 2 * 2
+    # one generation job (the four roles' eight responses, one batch), then a scoring job per role, the
+    # vectors, and steering and word guess per steered role
+    assert sorted(jobs["done"]) == sorted(jobs["planned"]) and len(jobs["planned"]) == 1 + 4 + 1 + 2 * 2
+    assert json.loads((out / "_jobs" / "gen-0000.done").read_text())["roles"] == list(Run(out).read("roles")["role"])
 
 
 def test_two_shards_make_the_same_run(config, full_run, tmp_path):
+    """Two shards, each generating one group of two roles (generation batches of four) and scoring the roles
+    it generated, make the tables of the unsharded run, whose one job generated all four roles together."""
     out = tmp_path / "sharded"
-    cmd = [sys.executable, "-m", "animacy.cli", "collect", "run", str(config), "--out", str(out), "--quiet"]
+    small = tmp_path / "small.toml"
+    small.write_text(config.read_text().replace('source = "smollm2"', 'source = "smollm2"\ngeneration_batch = 4'))
+    cmd = [sys.executable, "-m", "animacy.cli", "collect", "run", str(small), "--out", str(out), "--quiet"]
     procs = [subprocess.Popen([*cmd, "--shard", f"{i}/2"], env=environment_without_r(), stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
     for p in procs:
@@ -167,6 +174,8 @@ def test_two_shards_make_the_same_run(config, full_run, tmp_path):
     for name in TABLES:
         pd.testing.assert_frame_equal(a[name], b[name], check_exact=True, obj=name)
     assert sorted(Run(out).manifest["shards_done"])[-1].startswith("shard-")
+    assert {json.loads((out / "_jobs" / f"gen-000{g}.done").read_text())["roles"][0] for g in (0, 1)} == {
+        "lawyer", "assistant"}
 
 
 @pytest.mark.parametrize(("edit", "words"), [
@@ -420,7 +429,6 @@ def test_conversations_are_generated_capped_and_monitored_turn_by_turn(config, t
     marker = json.loads((out / "_jobs" / "conversations-0000.done").read_text())
     assert marker["roles"] == ["sock", "assistant"] and not (out / "_jobs" / "conversations-0001.done").exists()
     small = tmp_path / "conv_small"
-    shutil.copytree(out, small, ignore=shutil.ignore_patterns("conversations-*", "part-conversations-*"))
     cfg = tmp_path / "small.toml"
     cfg.write_text(_unsteered(config).replace('source = "smollm2"', 'source = "smollm2"\ngeneration_batch = 2')
                    + CONVERSATIONS)

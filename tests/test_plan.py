@@ -44,8 +44,8 @@ def test_the_estimate_scales_with_the_study_and_the_card():
     base = {s.name: s.seconds for s in estimate(cfg, 123, 120, shape, h200)["stages"]}
     cfg.replicates *= 2
     double = {s.name: s.seconds for s in estimate(cfg, 123, 120, shape, h200)["stages"]}
-    for name in base:
-        assert double[name] == pytest.approx(2 * base[name], rel=1e-9), name
+    for name in base:  # generation: the roles grouped otherwise into batches, so about twice
+        assert double[name] == pytest.approx(2 * base[name], rel=0.05 if name == "generation" else 1e-9), name
     slow = {s.name: s.seconds for s in estimate(cfg, 123, 120, shape, a100)["stages"]}
     assert slow["scoring (with and without the prompt)"] == pytest.approx(
         double["scoring (with and without the prompt)"] / 0.3155, rel=1e-6)
@@ -57,7 +57,8 @@ def test_the_estimate_scales_with_the_study_and_the_card():
     gen = estimate(cfg, 123, 120, shape, h200, response_tokens=2 * (128 - 40))["stages"][0]
     assert gen.seconds == pytest.approx(gen.tokens / 366) and "measured" in gen.rate
     # decoding reads the weights once per step, whatever the batch: a quarter of the batch, about a quarter
-    # of the rate; and a role's 50 responses at generation_batch 32 are two batches, 32 and 18
+    # of the rate; and 50 responses a role at generation_batch 32 are generated three roles at a time, in
+    # batches of 32 and one of 22, as the runner groups them
     cfg.generation_batch = 8
     small = estimate(cfg, 123, 120, shape, h200, response_tokens=176)["stages"][0]
     assert 3.5 < small.seconds / gen.seconds < 4.0
@@ -66,7 +67,7 @@ def test_the_estimate_scales_with_the_study_and_the_card():
     split = estimate(cfg, 123, 120, shape, h200)["stages"][0]
     cfg.generation_batch = 50
     whole = estimate(cfg, 123, 120, shape, h200)["stages"][0]
-    assert "batches of 32/18" in split.rate and 1.5 < split.seconds / whole.seconds < 2.0
+    assert "batches of 32/22" in split.rate and 1.4 < split.seconds / whole.seconds < 5 / 3
 
 
 def test_a_model_too_large_for_the_card_is_refused_with_the_numbers():
