@@ -127,7 +127,13 @@ def test_the_runner_generates_through_vllm_and_scores_with_transformers(fake_vll
     r = Run(run)
     r.validate()
     resp = r.read("responses")
-    assert len(fake_vllm.calls) == 4  # one batched call per role (2 roles, a control, the no-prompt pass)
+    # one batched call per generation job: the 8 responses of the 2 roles, the control and the no-prompt
+    # pass fit one batch of 8, so one job; with batches of 4, two roles a job and two calls
+    assert len(fake_vllm.calls) == 1 and len(fake_vllm.calls[0][0]) == 8
+    small = Runner(load_config(cfg_path), tmp_path / "small", quiet=True)
+    small.cfg.generation_batch = 4
+    small.run()
+    assert [len(c[0]) for c in fake_vllm.calls[1:]] == [4, 4]
     assert (resp["n_tokens"] == resp["token_ids"].map(len)).all()
     assert r.manifest["generation"]["generator"] == "vllm"
     assert set(r.manifest["generation"]["sampling"]) >= {"temperature", "top_p", "top_k", "max_tokens"}
@@ -156,7 +162,7 @@ def test_the_engine_generates_first_and_is_gone_before_the_scorer_loads(fake_vll
                         .replace('[word_guess]\nprompt = "Which word describes you? One word."', ""))
     run = Runner(load_config(cfg_path), tmp_path / "run", quiet=True).run()
     events = fake_vllm.events
-    assert events[0] == "engine start" and events.count("generate") == 4
+    assert events[0] == "engine start" and events.count("generate") == 1
     assert events.index("engine shutdown") > max(i for i, e in enumerate(events) if e == "generate")
     assert events.index("transformers load") > events.index("engine shutdown")
     assert events.count("transformers load") == 1 and events.count("engine start") == 1
