@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from animacy.errors import DataError
+from animacy.provenance import file_sha256
 from animacy.schema import TABLES
 from animacy.validate import Source, check_reference, quote, validate_source
 
@@ -150,8 +151,29 @@ class Run:
             out |= self.source(name).params
         return out
 
+    def check_files(self) -> None:
+        """Every file the collector recorded in the manifest (`files`: path -> SHA-256, written by its
+        finished jobs) is there with those bytes: a part removed or damaged after it was written is an error
+        naming it, never a table silently short of its rows or holding changed values."""
+        files = self.manifest.get("files") if (self.path / MANIFEST).exists() else None
+        if files is not None and not (isinstance(files, dict) and all(isinstance(d, str) for d in files.values())):
+            raise DataError(self.path / MANIFEST, "has a 'files' entry that is not a map of file paths to SHA-256 "
+                            "digests; the manifest was edited or damaged")
+        for rel, digest in (files or {}).items():
+            path = self.path / rel
+            if not path.is_file():
+                raise DataError(path, "is missing, but the manifest lists it as written by a finished collection "
+                                "job; the run folder is incomplete",
+                                hint="Copy the whole run folder again, or restore the file.")
+            if file_sha256(path) != digest:
+                raise DataError(path, f"has changed since the collector wrote it (its SHA-256 is not the "
+                                f"{digest[:12]}... the manifest records): the file is damaged or was edited",
+                                hint="Copy it again from the original run folder.")
+
     def validate(self, con: duckdb.DuckDBPyConnection | None = None, keys: bool = True) -> None:
-        """Check every table present against the contract, then the references between them."""
+        """Check the files the collector recorded, every table present against the contract, then the
+        references between them."""
+        self.check_files()
         con = con or connect()
         for name in REQUIRED_TABLES:
             if not self.has(name):

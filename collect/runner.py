@@ -27,7 +27,7 @@ from animacy.collect.stages import Output, Stages
 from animacy.collect.study_roles import study_roles
 from animacy.errors import ConfigError
 from animacy.progress import progress
-from animacy.provenance import config_hash, provenance
+from animacy.provenance import config_hash, file_sha256, provenance
 from animacy.run import JOBS, MANIFEST
 from animacy.schema import SCHEMA_VERSION
 from animacy.writers import write_table
@@ -63,14 +63,15 @@ class Runner:
         return (self.out / JOBS / f"{job.id}.done").exists()
 
     def _finish(self, job: Job, out: Output) -> None:
-        """Write what a stage made (each part atomically), then the job's done marker."""
-        for table, part in out.tables.items():
-            write_table(part, table, self.out, part=f"part-{job.id}")
+        """Write what a stage made (each part atomically), then the job's done marker, which records the
+        SHA-256 of every file the job wrote (the manifest gathers them; `Run.validate` checks them)."""
+        written = [write_table(part, table, self.out, part=f"part-{job.id}") for table, part in out.tables.items()]
         for rel, obj in out.files.items():
             write_json(obj, self.out / JOBS / rel)
         if out.vectors is not None:
-            vec.save(self.out, *out.vectors)
-        write_json({"job": job.id, **out.info}, self.out / JOBS / f"{job.id}.done")
+            written += vec.save(self.out, *out.vectors)
+        files = {p.relative_to(self.out).as_posix(): file_sha256(p) for p in written}
+        write_json({"job": job.id, **out.info, "files": files}, self.out / JOBS / f"{job.id}.done")
 
     def mine(self, jobs: list[Job]) -> list[Job]:
         """This shard's jobs of a stage: every n-th; a role's scoring job goes to the shard that generated
@@ -198,19 +199,23 @@ class Runner:
 
     def _write_manifest(self) -> None:
         """The manifest; a resumed run keeps the original's config, hash, model, generation and provenance
-        (and any recorded config changes), and updates only what the run adds: jobs planned and done, shards
-        done, layer norms."""
+        (and any recorded config changes), and updates only what the run adds: jobs planned and done, the
+        files they wrote with their SHA-256, shards done, layer norms."""
         # what the vectors job measured, once it has run
         measured = {key: json.loads((self.out / JOBS / f"{key}.json").read_text())
                     for key in ("layer_norms", "axis_means") if (self.out / JOBS / f"{key}.json").exists()}
-        markers = sorted(p.stem for p in (self.out / JOBS).glob("*.done")) if (self.out / JOBS).exists() else []
+        paths = sorted((self.out / JOBS).glob("*.done")) if (self.out / JOBS).exists() else []
+        markers = [p.stem for p in paths]
         shards = [m for m in markers if m.startswith("shard-")]
         jobs = {"planned": [j.id for j in self.jobs()], "done": [m for m in markers if not m.startswith("shard-")]}
+        files = dict(sorted(kv for p in paths if not p.stem.startswith("shard-")
+                            for kv in json.loads(p.read_text()).get("files", {}).items()))
         existing = self.out / MANIFEST
         if existing.exists():
             old = json.loads(existing.read_text())
             old["shards_done"] = shards
             old["jobs"] = jobs
+            old["files"] = files
             write_json(old | measured, existing)
             return
         cfg = self.cfg.as_dict()
@@ -224,7 +229,7 @@ class Runner:
             "generation": {"generator": self.cfg.generator, "batch": self.cfg.generation_batch,
                            "sampling": asdict(self.stages.sampling)},
             "layer_norms": measured.get("layer_norms"), "axis_means": measured.get("axis_means"),
-            "jobs": jobs, "shards_done": shards, "provenance": provenance(),
+            "jobs": jobs, "shards_done": shards, "files": files, "provenance": provenance(),
         }, self.out / MANIFEST)
 
     # ---- vectors --------------------------------------------------------------------------------

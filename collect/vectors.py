@@ -118,14 +118,14 @@ def add_trait(tensors: dict[str, np.ndarray], index: pd.DataFrame, name: str,
     return pd.concat([index, pd.DataFrame(rows)], ignore_index=True)
 
 
-def save(run_dir: Path, tensors: dict[str, np.ndarray], index: pd.DataFrame) -> None:
-    """vectors/vectors.safetensors and vectors/index.parquet, each written atomically."""
+def save(run_dir: Path, tensors: dict[str, np.ndarray], index: pd.DataFrame) -> list[Path]:
+    """vectors/vectors.safetensors and vectors/index.parquet, each written atomically; returns both paths."""
     from safetensors.numpy import save_file
 
     (run_dir / VECTORS_DIR).mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / VECTORS_DIR / VECTORS_FILE) as tmp:
         save_file(tensors, str(tmp))
-    write_table(index, "vectors_index", run_dir)
+    return [run_dir / VECTORS_DIR / VECTORS_FILE, write_table(index, "vectors_index", run_dir)]
 
 
 def magnitude_unit(layer_norm: float | None, units: str, layer: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -83,7 +84,7 @@ def _tables(run: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-def test_a_small_study_end_to_end(full_run, tmp_path):
+def test_a_small_study_end_to_end(full_run, tmp_path, capsys):
     run = Run(full_run)
     run.validate()
     m = run.manifest
@@ -119,6 +120,24 @@ def test_a_small_study_end_to_end(full_run, tmp_path):
     assert all(abs(float((tensors[t][r] ** 2).sum()) - 1) < 1e-5 for t, r in zip(idx["tensor"], idx["row"]))
     assert main(["analyze", str(full_run), "--out", str(tmp_path / "a"), "--no-umap", "--n-boot", "50",
                  "--quiet"]) == 0
+    # the manifest records every file the collector wrote with its SHA-256; a part removed or changed
+    # afterwards is refused, naming it
+    written = {p.relative_to(full_run).as_posix() for p in full_run.rglob("*")
+               if p.is_file() and p.parts[len(full_run.parts)] != "_jobs" and p.name != "manifest.json"}
+    assert set(m["files"]) == written
+    assert all(hashlib.sha256((full_run / f).read_bytes()).hexdigest() == d for f, d in m["files"].items())
+    for damage in ("changed", "removed"):
+        copy = tmp_path / damage
+        shutil.copytree(full_run, copy)
+        part = copy / "tokens" / "part-score-0001.parquet"
+        if damage == "removed":
+            part.unlink()
+        else:
+            data = bytearray(part.read_bytes())
+            data[len(data) // 2] ^= 1
+            part.write_bytes(bytes(data))
+        assert main(["validate", str(copy)]) == 2
+        assert "part-score-0001.parquet" in capsys.readouterr().err
 
 
 def test_killed_run_resumes_to_identical_tables(config, full_run, tmp_path, capsys):
