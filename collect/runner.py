@@ -200,7 +200,7 @@ class Runner:
     def _write_manifest(self) -> None:
         """The manifest; a resumed run keeps the original's config, hash, model, generation and provenance
         (and any recorded config changes), and updates only what the run adds: jobs planned and done, the
-        files they wrote with their SHA-256, shards done, layer norms."""
+        files they (and the roles table) wrote with their SHA-256, shards done, layer norms."""
         # what the vectors job measured, once it has run
         measured = {key: json.loads((self.out / JOBS / f"{key}.json").read_text())
                     for key in ("layer_norms", "axis_means") if (self.out / JOBS / f"{key}.json").exists()}
@@ -208,8 +208,9 @@ class Runner:
         markers = [p.stem for p in paths]
         shards = [m for m in markers if m.startswith("shard-")]
         jobs = {"planned": [j.id for j in self.jobs()], "done": [m for m in markers if not m.startswith("shard-")]}
-        files = dict(sorted(kv for p in paths if not p.stem.startswith("shard-")
-                            for kv in json.loads(p.read_text()).get("files", {}).items()))
+        files = dict(sorted([("roles.parquet", file_sha256(self.out / "roles.parquet")),
+                             *(kv for p in paths if not p.stem.startswith("shard-")
+                               for kv in json.loads(p.read_text()).get("files", {}).items())]))
         existing = self.out / MANIFEST
         if existing.exists():
             old = json.loads(existing.read_text())
