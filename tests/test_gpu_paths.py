@@ -59,3 +59,25 @@ def test_gpu_benchmark_code_path_runs_on_the_cpu(tmp_path):
     a100 = load_profile("a100", profiles)
     assert "measured" in a100["source"] and "tiny" in a100["models"] and "derive_from" not in a100
     assert load_profile("h200", profiles) == load_profile("h200")  # the others are untouched
+
+
+def test_the_prepared_gpu_lease_script_runs_every_step(tmp_path):
+    """benchmarks/gpu_lease.sh, the one script a GPU lease runs, with each of its steps on the tiny shape
+    on the CPU: every step exits 0, leaves its result, and the measured profile lands in its copy of the
+    profiles (the repository's is untouched)."""
+    import json
+    import os
+
+    from animacy.collect.plan import PROFILES
+
+    before = PROFILES.read_bytes()
+    env = {**environment_without_r(), "OUT": str(tmp_path), "DEVICE": "cpu", "SMOKE": "1", "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(BENCH.with_name("gpu_lease.sh"))], capture_output=True, text=True,
+                         timeout=600, env=env, cwd=os.getcwd())
+    assert res.returncode == 0, res.stderr
+    steps = (tmp_path / "steps.txt").read_text().splitlines()
+    assert len(steps) == 3 and all(": exit 0 in" in s for s in steps), steps
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 3 and all(r["scoring_tokens_per_s"] > 0 for r in results)
+    assert "tiny" in json.loads((tmp_path / "device_profiles.json").read_text())["h200"]["models"]
+    assert PROFILES.read_bytes() == before
