@@ -112,7 +112,8 @@ def _used_arms(part: pd.DataFrame) -> pd.DataFrame:
 def turn_behaviour(conversations: pd.DataFrame, labels: pd.DataFrame | None, n_boot: int = 1000,
                    seed: int = 0) -> pd.DataFrame:
     """Per arm and turn: the answers' mean log-prob, and (with labels) each label's rate among them, each
-    averaged per role and then over roles with a role-clustered bootstrap 95% interval."""
+    averaged per role and then over roles with a role-clustered bootstrap 95% interval (`note` says why
+    there is none)."""
     rng = np.random.default_rng(seed)
     conv = _arms(conversations)
     measures = [("mean_log_prob", conv.rename(columns={"mean_log_prob": "value"}))]
@@ -124,7 +125,7 @@ def turn_behaviour(conversations: pd.DataFrame, labels: pd.DataFrame | None, n_b
     rows = []
     for measure, df in measures:
         for (a, turn), part in df.dropna(subset=["value"]).groupby(["arm", "turn"], sort=True, observed=True):
-            value, lo, hi, n, _ = clustered_mean(part["value"], part["role"], n_boot, rng)
+            value, lo, hi, n, note = clustered_mean(part["value"], part["role"], n_boot, rng)
             rows.append({"measure": measure, "arm": a, "turn": turn, "value": value, "ci_low": lo, "ci_high": hi,
-                         "n_roles": n, "n_answers": len(part)})
+                         "n_roles": n, "n_answers": len(part), "note": note})
     return pd.DataFrame(rows)

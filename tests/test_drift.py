@@ -69,6 +69,8 @@ def test_behaviour_by_turn_joins_the_labels_to_the_turns():
     claims = b[b.measure == "claims_ai"].set_index(["arm", "turn"])["value"]
     assert claims.loc[("free", 0)] == 0 and claims.loc[("free", 1)] == 1
     assert set(b["measure"]) == {"mean_log_prob", "claims_ai"} and (b["n_roles"] == 3).all()
+    # three roles are too few for an interval, and each row says so
+    assert b["ci_low"].isna().all() and b["note"].str.contains("no interval").all()
 
 
 @pytest.mark.parametrize("n_roles", [2])
