@@ -9,8 +9,8 @@ responses (conversations) are generated together in full batches (`study_roles.r
 (`tokens/part-score-0003.parquet`, ...) and then its done marker (`_jobs/score-0003.done`); a resumed
 run skips jobs with a marker and rewrites the parts of any other, so a killed run resumed gives exactly
 the tables of an uninterrupted one. `--shard i/n` runs the jobs whose index is i modulo n (one process
-per GPU); shard 0 derives the vectors once every scoring job of every shard is done, and the others wait
-for them.
+per GPU; a role's scoring job in the shard of its generation job); shard 0 derives the vectors once every
+scoring job of every shard is done, and the others wait for them.
 """
 
 from __future__ import annotations
