@@ -1,8 +1,9 @@
-"""The flat CSV form people share, both ways.
+"""The flat CSV form people share, both ways (and the same table in Parquet, read).
 
 Reading streams the CSV in chunks (never whole), checks encoding, delimiter, header and types, and
 writes it as Parquet inside a run folder, after which the same out-of-core validator checks values
-and keys and reports rows by CSV line. Writing (`export`) is one DuckDB COPY over the run's tables.
+and keys and reports rows by CSV line. A flat table in Parquet is streamed by its row groups and typed
+the same way, without a text round trip. Writing (`export`) is one DuckDB COPY over the run's tables.
 """
 
 from __future__ import annotations
@@ -14,12 +15,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from animacy.atomic import atomic_path, write_json, write_parquet
 from animacy.errors import DataError
 from animacy.run import MANIFEST, Run, connect, table_path
-from animacy.schema import CONTROL_GROUP, FLAT_COLUMN_ORDER, FLAT_TOKENS, RESPONSE_ID_SQL, ROLES, SCHEMA_VERSION, Table
+from animacy.schema import (
+    ARROW_TYPES,
+    CONTROL_GROUP,
+    FLAT_COLUMN_ORDER,
+    FLAT_TOKENS,
+    RESPONSE_ID_SQL,
+    ROLES,
+    SCHEMA_VERSION,
+    Table,
+)
 from animacy.validate import Source, check_key, check_values, csv_line, missing_column_error, quote
 
 CHUNK_ROWS = 1_000_000
@@ -144,6 +155,76 @@ def read_csv_chunks(
         raise DataError(shown, "has a header but no data rows")
 
 
+def parquet_header(files: list[Path], shown: str) -> list[str]:
+    """The union of the Parquet files' column names, in first-seen order; a file that is not Parquet (or
+    is damaged) is an error naming it."""
+    header: list[str] = []
+    for f in files:
+        try:
+            names = pq.read_schema(f).names
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f if len(files) > 1 else shown, f"cannot be read as Parquet: {str(exc).splitlines()[0]}",
+                            hint="Restore the file, or export the table again.") from exc
+        header += [n for n in names if n not in header]
+    return header
+
+
+def read_parquet_chunks(files: list[Path], table: Table, chunk_rows: int = CHUNK_ROWS,
+                        rename: dict[str, str] | None = None, shown: str | None = None) -> Iterator[pa.Table]:
+    """Stream Parquet files (one table, its parts in order) as Arrow tables typed by the contract, as
+    `read_csv_chunks` does for a CSV: columns renamed by `rename`, a column missing from some parts null
+    there, a contract column already of its kind cast without a round trip through text, and one of another
+    type converted value by value, its first value that will not convert an error with its row."""
+    rename = rename or {}
+    shown = shown or str(files[0])
+    header = [rename.get(c, c) for c in parquet_header(files, shown)]
+    for col in table.columns:
+        if col.required and col.name not in header:
+            raise missing_column_error(shown, table, col.name, header)
+    kinds = {c.name: c.kind for c in table.columns if c.name in header}
+    offset = 0
+    for f in files:
+        try:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=chunk_rows):
+                batch = pa.Table.from_batches([batch]).rename_columns([rename.get(c, c) for c in batch.schema.names])
+                arrays = {}
+                for name in header:
+                    column = (batch.column(name).combine_chunks() if name in batch.column_names
+                              else pa.nulls(batch.num_rows))
+                    arrays[name] = _arrow_as_kind(column, name, kinds[name], shown, offset) if name in kinds else column
+                offset += batch.num_rows
+                yield pa.table(arrays)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f if len(files) > 1 else shown, f"cannot be read as Parquet: {str(exc).splitlines()[0]}",
+                            hint="Restore the file, or export the table again.") from exc
+    if offset == 0:
+        raise DataError(shown, "has no data rows")
+
+
+def _arrow_as_kind(column: pa.Array, name: str, kind: str, shown: str, offset: int) -> pa.Array:
+    """A Parquet column as the contract kind: cast where its type is already that kind (an integer kind
+    from floats only where every value is whole), else converted from its text by `_as_kind`, as a CSV's."""
+    t = column.type
+    if pa.types.is_dictionary(t):
+        column, t = column.cast(t.value_type), t.value_type
+    if pa.types.is_null(t):
+        fits = True
+    elif kind == "str":
+        fits = pa.types.is_string(t) or pa.types.is_large_string(t)
+    elif kind == "bool":
+        fits = pa.types.is_boolean(t)
+    elif kind == "float":
+        fits = pa.types.is_integer(t) or pa.types.is_floating(t)
+    else:  # int: integers, or floats that are all whole (a NaN is not)
+        fits = pa.types.is_integer(t) or (pa.types.is_floating(t) and pc.all(
+            pc.equal(column, pc.floor(column)), skip_nulls=True).as_py() is not False)
+    if fits:
+        return column.cast(ARROW_TYPES[kind])
+    values = column.to_pylist()
+    text = pd.DataFrame({name: pd.Series([None if v is None else str(v) for v in values], dtype=object)})
+    return _as_kind(text, name, kind, shown, offset, [])
+
+
 def read_roles_csv(path: Path, rename: dict[str, str] | None = None) -> pd.DataFrame:
     """A roles CSV: `role` plus rating columns; `group` and `is_control` are optional here."""
     table = Table("roles CSV", tuple(c for c in ROLES.columns if c.name == "role")
@@ -162,16 +243,32 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
                     lines: bool = True) -> Run:
     """Turn a flat per-token CSV (+ optional roles CSV with ratings and groups) into a validated run folder.
     `rename` maps the files' column names to the contract's; errors name `shown` (the file the user gave,
-    when `csv` is a decompressed or converted copy) and, where `lines`, the CSV line."""
-    csv, out = Path(csv), Path(out)
-    shown = str(shown or csv)
-    rename = rename or {}
+    when `csv` is a decompressed copy) and, where `lines`, the CSV line."""
+    csv, shown, rename = Path(csv), str(shown or csv), rename or {}
+    newlines: list[tuple[int, int]] = []
+    chunks = read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown, newlines=newlines)
+    header = check_text_file(csv, shown) if rename else []  # only to check the mapping (it reads the whole file)
+    return _import_flat(chunks, header, Path(out), roles_csv, rename, shown, lines, newlines)
+
+
+def import_flat_parquet(files: list[Path], out: str | Path, roles_csv: str | Path | None = None,
+                        rename: dict[str, str] | None = None, shown: str | Path | None = None) -> Run:
+    """The same for a flat per-token table in Parquet (a file, or a folder's parts in order), read as
+    Parquet: no text round trip; errors name the row (0-based in the parts' order, shown 1-based)."""
+    shown, rename = str(shown or files[0]), rename or {}
+    chunks = read_parquet_chunks(files, FLAT_TOKENS, rename=rename, shown=shown)
+    return _import_flat(chunks, parquet_header(files, shown), Path(out), roles_csv, rename, shown, False, [])
+
+
+def _import_flat(chunks: Iterator[pa.Table], header: list[str], out: Path, roles_csv: str | Path | None,
+                 rename: dict[str, str], shown: str, lines: bool, newlines: list[tuple[int, int]]) -> Run:
+    """The flat table's typed chunks, checked and written as a run folder (tokens, responses, roles);
+    `header` is the source's own column names (before renaming)."""
     out.mkdir(parents=True, exist_ok=True)
     flat = out / "_flat.parquet"
     writer = None
-    newlines: list[tuple[int, int]] = []
     with atomic_path(flat) as tmp:
-        for chunk in read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown, newlines=newlines):
+        for chunk in chunks:
             present = [c.name for c in FLAT_TOKENS.columns if c.name in chunk.column_names]
             schema = FLAT_TOKENS.arrow_schema(present)
             batch = chunk.select(present)
@@ -190,8 +287,8 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
     elif ratings is None or "group" not in ratings:
         raise DataError(shown, "has no 'group' column, and no roles CSV with one was given (--roles-csv)",
                         column="group")
-    unused = sorted(set(rename) - set(check_text_file(csv)) - (set(check_text_file(Path(roles_csv)))
-                                                                if roles_csv is not None else set()))
+    unused = sorted(set(rename) - set(header) - (set(check_text_file(Path(roles_csv)))
+                                                 if roles_csv is not None else set()))
     if unused:
         raise DataError(shown, f"has no column '{unused[0]}' to map (--columns {rename[unused[0]]}={unused[0]})",
                         column=unused[0])

@@ -9,31 +9,27 @@ import zlib
 from pathlib import Path
 
 from animacy.errors import DataError
-from animacy.flatcsv import import_flat_csv
-from animacy.run import MANIFEST, Run, connect
+from animacy.flatcsv import import_flat_csv, import_flat_parquet
+from animacy.run import MANIFEST, Run
 from animacy.tables import kind, parse_columns
 
 
-def _as_csv(path: Path, k: str, workdir: Path) -> Path:
-    """A plain CSV copy of a gzip-compressed CSV or of Parquet (a file or a folder of parts)."""
+def _gunzip(path: Path, workdir: Path) -> Path:
+    """A plain copy of a gzip-compressed CSV."""
     target = workdir / "_source.csv"
-    if k == "gzip":
-        try:
-            with gzip.open(path, "rb") as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(path, f"is a damaged gzip file ({exc})") from exc
-        return target
+    try:
+        with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(path, f"is a damaged gzip file ({exc})") from exc
+    return target
+
+
+def _parquet_files(path: Path, k: str) -> list[Path]:
     files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith(".")) if k == "folder" else [path]
     if not files:
         raise DataError(path, "is a folder with neither a manifest.json (a run folder) nor Parquet parts")
-    con = connect()
-    try:
-        con.execute("COPY (SELECT * FROM read_parquet(?, union_by_name=true)) TO ? (FORMAT csv, HEADER)",
-                    [[str(f) for f in files], str(target)])
-    except Exception as exc:  # DuckDB's errors for damaged Parquet
-        raise DataError(path, f"cannot be read as Parquet: {str(exc).splitlines()[0]}") from exc
-    return target
+    return files
 
 
 def open_source(path: str | Path, workdir: str | Path, roles_csv: str | Path | None = None,
@@ -51,8 +47,10 @@ def open_source(path: str | Path, workdir: str | Path, roles_csv: str | Path | N
         run.manifest  # noqa: B018 -- a run folder without its manifest is refused here, naming the file
     else:
         k = kind(path)
-        csv = path if k == "csv" else _as_csv(path, k, workdir)
-        run = import_flat_csv(csv, workdir, roles_csv, parse_columns(columns), shown=path,
-                              lines=k in ("csv", "gzip"))
+        if k in ("parquet", "folder"):
+            run = import_flat_parquet(_parquet_files(path, k), workdir, roles_csv, parse_columns(columns), shown=path)
+        else:
+            csv = path if k == "csv" else _gunzip(path, workdir)
+            run = import_flat_csv(csv, workdir, roles_csv, parse_columns(columns), shown=path)
     run.validate()
     return run

@@ -56,6 +56,65 @@ def test_every_form_of_a_flat_table_is_read_by_its_bytes(flat, tmp_path, form, c
     assert "valid" in out and "yes  steering models and slopes" in out
 
 
+def test_a_flat_parquet_table_is_read_as_parquet_and_imports_as_its_csv_does(flat, tmp_path):
+    """The same flat table as CSV and as Parquet parts stored as people write them (integers as floats,
+    strings dictionary-encoded, a column renamed, an extra column) imports to the same run tables."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from animacy.sources import open_source
+
+    tokens, roles = flat
+    df = pd.read_csv(tokens)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    table = pa.Table.from_pandas(df.assign(token_index=df["token_index"].astype(float), note="x")
+                                 .rename(columns={"role": "word"}), preserve_index=False)
+    table = table.set_column(table.schema.get_field_index("condition"), "condition",
+                             table.column("condition").dictionary_encode())
+    half = len(df) // 2
+    pq.write_table(table.slice(0, half), parts / "part-0.parquet")
+    pq.write_table(table.slice(half), parts / "part-1.parquet")
+    pd.read_csv(roles).rename(columns={"role": "word"}).to_csv(tmp_path / "r.csv", index=False)
+    csv_run = open_source(tokens, tmp_path / "a", roles)
+    pq_run = open_source(parts, tmp_path / "b", tmp_path / "r.csv", "role=word")
+    for name, key in {"tokens": ["response_id", "condition", "derivation", "magnitude", "token_index"],
+                      "responses": ["response_id"], "roles": ["role"]}.items():
+        a, b = (r.read(name).sort_values(key, na_position="first").reset_index(drop=True) for r in (csv_run, pq_run))
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
+
+
+@pytest.mark.parametrize(("damage", "column", "words"), [
+    ("text in log_prob", "log_prob", "not a number"),
+    ("a fraction in token_index", "token_index", "not an integer"),
+    ("no role column", "role", "role"),
+    ("not parquet inside", None, "cannot be read as Parquet"),
+])
+def test_a_bad_flat_parquet_table_names_the_file_column_and_row(flat, tmp_path, damage, column, words, capsys):
+    tokens, roles = flat
+    df = pd.read_csv(tokens)
+    src = tmp_path / "t.parquet"
+    if damage == "text in log_prob":
+        df["log_prob"] = df["log_prob"].astype(object)
+        df.loc[41, "log_prob"] = "n/a"
+        df["log_prob"] = df["log_prob"].astype(str)
+    elif damage == "a fraction in token_index":
+        df["token_index"] = df["token_index"].astype(float)
+        df.loc[41, "token_index"] = 2.5
+    elif damage == "no role column":
+        df = df.drop(columns="role")
+    df.to_parquet(src)
+    if damage == "not parquet inside":
+        data = bytearray(src.read_bytes())
+        data[8:200] = bytes(192)
+        src.write_bytes(bytes(data))
+    assert main(["validate", str(src), "--roles-csv", str(roles)]) == 2
+    err = capsys.readouterr().err
+    assert "t.parquet" in err and words in err and "Traceback" not in err, err
+    if damage in ("text in log_prob", "a fraction in token_index"):
+        assert f"column '{column}'" in err and "row 42" in err, err
+
+
 def test_column_mapping_and_groups_from_the_roles_csv(flat, tmp_path):
     tokens, roles = flat
     df = pd.read_csv(tokens).rename(columns={"role": "word"}).drop(columns="group")
