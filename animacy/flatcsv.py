@@ -112,6 +112,16 @@ def _as_kind(chunk: pd.DataFrame, name: str, kind: str, path: Path, offset: int,
     return pa.array(num, pa.float64(), mask=empty)
 
 
+def _contract_kinds(names: list[str], table: Table, rename: dict[str, str], shown: str) -> dict[str, str]:
+    """The contract's kind of each of a source's columns it names (after renaming); a required column the
+    source lacks is an error naming it."""
+    header = [rename.get(c, c) for c in names]
+    for col in table.columns:
+        if col.required and col.name not in header:
+            raise missing_column_error(shown, table, col.name, header)
+    return {c.name: c.kind for c in table.columns if c.name in header}
+
+
 def read_csv_chunks(
     path: Path, table: Table, chunk_rows: int = CHUNK_ROWS, rename: dict[str, str] | None = None,
     shown: str | None = None, newlines: list[tuple[int, int]] | None = None,
@@ -123,11 +133,7 @@ def read_csv_chunks(
     newlines = [] if newlines is None else newlines
     rename = rename or {}
     shown = shown or str(path)
-    header = [rename.get(c, c) for c in check_text_file(path, shown)]
-    for col in table.columns:
-        if col.required and col.name not in header:
-            raise missing_column_error(shown, table, col.name, header)
-    kinds = {c.name: c.kind for c in table.columns if c.name in header}
+    kinds = _contract_kinds(check_text_file(path, shown), table, rename, shown)
     offset = 0
     reader = pd.read_csv(
         path, chunksize=chunk_rows, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
@@ -178,10 +184,7 @@ def read_parquet_chunks(files: list[Path], table: Table, chunk_rows: int = CHUNK
     rename = rename or {}
     shown = shown or str(files[0])
     header = [rename.get(c, c) for c in parquet_header(files, shown)]
-    for col in table.columns:
-        if col.required and col.name not in header:
-            raise missing_column_error(shown, table, col.name, header)
-    kinds = {c.name: c.kind for c in table.columns if c.name in header}
+    kinds = _contract_kinds(header, table, rename={}, shown=shown)
     offset = 0
     for f in files:
         try:
