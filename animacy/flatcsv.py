@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from animacy.atomic import atomic_path, write_json, write_parquet
@@ -246,12 +247,55 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
                     lines: bool = True) -> Run:
     """Turn a flat per-token CSV (+ optional roles CSV with ratings and groups) into a validated run folder.
     `rename` maps the files' column names to the contract's; errors name `shown` (the file the user gave,
-    when `csv` is a decompressed copy) and, where `lines`, the CSV line."""
+    when `csv` is a decompressed copy) and, where `lines`, the CSV line.
+
+    Arrow parses and types the CSV (`_arrow_csv_chunks`); a file it will not take as it stands (a value
+    not of its column's kind, spaces around a number, `1.0` for an integer, ...) is read again by the
+    careful reader (`read_csv_chunks`), which takes what it can and names the first value it cannot."""
     csv, shown, rename = Path(csv), str(shown or csv), rename or {}
+    header = check_text_file(csv, shown)
     newlines: list[tuple[int, int]] = []
-    chunks = read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown, newlines=newlines)
-    header = check_text_file(csv, shown) if rename else []  # only to check the mapping (it reads the whole file)
-    return _import_flat(chunks, header, Path(out), roles_csv, rename, shown, lines, newlines)
+    try:
+        chunks = _arrow_csv_chunks(csv, header, FLAT_TOKENS, rename, shown, newlines)
+        return _import_flat(chunks, header, Path(out), roles_csv, rename, shown, lines, newlines)
+    except _NotAsItStands:
+        newlines.clear()
+        chunks = read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown, newlines=newlines)
+        return _import_flat(chunks, header, Path(out), roles_csv, rename, shown, lines, newlines)
+
+
+class _NotAsItStands(Exception):
+    """Arrow would not take the CSV as it stands: the careful reader reads it."""
+
+
+def _arrow_csv_chunks(path: Path, names: list[str], table: Table, rename: dict[str, str], shown: str,
+                      newlines: list[tuple[int, int]]) -> Iterator[pa.Table]:
+    """The contract's columns of a CSV (`names`: its header), parsed and typed by Arrow block by block, as
+    `read_csv_chunks` types them; rows whose quoted fields hold newlines are appended to `newlines`. Raises
+    `_NotAsItStands` where Arrow will not convert a value (the careful reader then names it)."""
+    kinds = _contract_kinds(names, table, rename, shown)
+    types = {n: ARROW_TYPES[kinds[rename.get(n, n)]] if rename.get(n, n) in kinds else pa.string() for n in names}
+    options = (pacsv.ReadOptions(block_size=1 << 24), pacsv.ParseOptions(newlines_in_values=True),
+               pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True,
+                                    true_values=["true", "True", "TRUE", "1"],
+                                    false_values=["false", "False", "FALSE", "0"]))
+    offset = 0
+    try:
+        reader = pacsv.open_csv(path, *options)
+        if reader.schema.names != names or len(set(names)) != len(names):  # spaces, a BOM, a name twice
+            raise _NotAsItStands
+        for batch in reader:
+            text = [batch.column(i) for i, n in enumerate(names) if types[n] == pa.string()]
+            inside = sum((pc.fill_null(pc.count_substring(c, "\n"), 0).to_numpy(zero_copy_only=False) for c in text),
+                         np.zeros(batch.num_rows, dtype=np.int64))
+            newlines += [(offset + int(i), int(inside[i])) for i in np.flatnonzero(inside)]
+            offset += batch.num_rows
+            yield pa.table({rename.get(n, n): batch.column(i) for i, n in enumerate(names)
+                            if rename.get(n, n) in kinds})
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        raise _NotAsItStands from exc
+    if offset == 0:
+        raise DataError(shown, "has a header but no data rows")
 
 
 def import_flat_parquet(files: list[Path], out: str | Path, roles_csv: str | Path | None = None,
@@ -271,14 +315,16 @@ def _import_flat(chunks: Iterator[pa.Table], header: list[str], out: Path, roles
     flat = out / "_flat.parquet"
     writer = None
     with atomic_path(flat) as tmp:
-        for chunk in chunks:
-            present = [c.name for c in FLAT_TOKENS.columns if c.name in chunk.column_names]
-            schema = FLAT_TOKENS.arrow_schema(present)
-            batch = chunk.select(present)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, schema)
-            writer.write_table(batch)
-        writer.close()
+        try:
+            for chunk in chunks:
+                present = [c.name for c in FLAT_TOKENS.columns if c.name in chunk.column_names]
+                batch = chunk.select(present)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, FLAT_TOKENS.arrow_schema(present))
+                writer.write_table(batch)
+        finally:
+            if writer is not None:
+                writer.close()
     src = Source.of([flat], [shown], csv=lines, newlines=newlines)
     con = connect()
     present = pq.read_schema(flat).names

@@ -56,6 +56,50 @@ def test_every_form_of_a_flat_table_is_read_by_its_bytes(flat, tmp_path, form, c
     assert "valid" in out and "yes  steering models and slopes" in out
 
 
+def test_arrow_reads_a_clean_csv_as_the_careful_reader_does_and_hands_it_what_it_will_not_take(
+        flat, tmp_path, monkeypatch):
+    """The flat CSV parsed and typed by Arrow imports to exactly the tables the careful reader makes, with
+    quoted newlines and commas in a role and in an extra column, and empty cells; Arrow alone reads it (the
+    careful reader is not called). A file Arrow will not take as it stands (spaces around numbers, 1.0 for
+    an integer) is read by the careful reader, to the same tables."""
+    from animacy import flatcsv
+    from animacy.schema import FLAT_TOKENS
+
+    tokens, roles = flat
+    df = pd.read_csv(tokens)
+    first = df.role.iloc[1]
+    df.loc[df.role == first, "role"] = 'odd,\n"role"'
+    df["comment"] = ["a, b\nc" if i % 7 == 0 else "" for i in range(len(df))]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    r = pd.read_csv(roles)
+    r.loc[r.role == first, "role"] = 'odd,\n"role"'
+    r.to_csv(tmp_path / "r.csv", index=False)
+    messy = df.copy()
+    messy["log_prob"] = [f" {v} " for v in df["log_prob"]]
+    messy["token_index"] = df["token_index"].astype(float)
+    messy.to_csv(tmp_path / "m.csv", index=False)
+
+    careful = flatcsv.read_csv_chunks
+    newlines: list = []
+    want = flatcsv._import_flat(careful(tmp_path / "t.csv", FLAT_TOKENS, newlines=newlines), [], tmp_path / "c",
+                                tmp_path / "r.csv", {}, str(tmp_path / "t.csv"), True, newlines)
+    def roles_only(path, table, *args, **kwargs):  # the roles CSV is still read carefully
+        if table is FLAT_TOKENS:
+            pytest.fail("Arrow did not read the clean file")
+        return careful(path, table, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(flatcsv, "read_csv_chunks", roles_only)
+        fast = flatcsv.import_flat_csv(tmp_path / "t.csv", tmp_path / "a", tmp_path / "r.csv")
+    slow = flatcsv.import_flat_csv(tmp_path / "m.csv", tmp_path / "s", tmp_path / "r.csv")
+    for name, key in {"tokens": ["response_id", "condition", "derivation", "magnitude", "token_index"],
+                      "responses": ["response_id"], "roles": ["role"]}.items():
+        w = want.read(name).sort_values(key, na_position="first").reset_index(drop=True)
+        for got in (fast, slow):
+            g = got.read(name).sort_values(key, na_position="first").reset_index(drop=True)
+            pd.testing.assert_frame_equal(w, g, check_exact=True, obj=name)
+
+
 def test_a_flat_parquet_table_is_read_as_parquet_and_imports_as_its_csv_does(flat, tmp_path):
     """The same flat table as CSV and as Parquet parts stored as people write them (integers as floats,
     strings dictionary-encoded, a column renamed, an extra column) imports to the same run tables."""
