@@ -130,7 +130,18 @@ _LOG_PROB = Column(
     check_message="log-probabilities must be <= 0", description="log-probability of the token, natural log",
 )
 
-_REPLICATE = Column("replicate", "int", check="replicate >= 0", check_message="replicate must be >= 0")
+def _at_least_0(name: str, kind: Kind = "int", sql: str | None = None, **more) -> Column:
+    """A column whose values must be >= 0 (`sql`: the name as SQL, where it needs quoting)."""
+    return Column(name, kind, check=f"{sql or name} >= 0", check_message=f"{name} must be >= 0", **more)
+
+
+_REPLICATE = _at_least_0("replicate")
+_TURN = _at_least_0("turn")
+_LAYER = _at_least_0("layer")
+_TOKEN_INDEX = _at_least_0("token_index")
+_N_TOKENS = _at_least_0("n_tokens")
+_FINISH_REASON = Column("finish_reason", "str", allowed=FINISH_REASONS)
+_TOKEN_IDS = Column("token_ids", "ids", required=False, nullable=True)
 
 ROLES = Table(
     "roles",
@@ -152,8 +163,8 @@ RESPONSES = Table(
         _REPLICATE,
         Column("seed", "int", nullable=True, description="generation seed; empty for imported tables"),
         Column("text", "str", nullable=True),
-        Column("n_tokens", "int", nullable=True, check="n_tokens >= 0", check_message="n_tokens must be >= 0",
-               description="response tokens; empty where an imported table does not say"),
+        _at_least_0("n_tokens", nullable=True,
+                    description="response tokens; empty where an imported table does not say"),
         Column("finish_reason", "str", nullable=True, allowed=FINISH_REASONS),
         Column("token_ids", "ids", required=False, nullable=True,
                description="the generated token ids, scored exactly (never re-tokenized text)"),
@@ -173,7 +184,7 @@ TOKENS = Table(
         Column("tau", "float", required=False, nullable=True,
                description="capping threshold τ on the axis, in the run's magnitude units; null unless capped"),
         Column("layers", "str", required=False, nullable=True, description="steered layers, e.g. '10,15'"),
-        Column("token_index", "int", check="token_index >= 0", check_message="token_index must be >= 0"),
+        _TOKEN_INDEX,
         Column("token_id", "int", required=False, nullable=True),
         _LOG_PROB,
     ),
@@ -210,7 +221,7 @@ ACTIVATIONS = Table(
     (
         Column("response_id", "str"),
         Column("condition", "str", allowed=UNSTEERED),
-        Column("layer", "int", check="layer >= 0", check_message="layer must be >= 0"),
+        _LAYER,
         Column("reduction", "str", allowed=REDUCTIONS),
         Column("values", "vector", description="the reduced residual-stream vector (float32)"),
     ),
@@ -226,8 +237,8 @@ VECTORS_INDEX = Table(
         Column("derivation", "str"),
         Column("layer", "int"),
         Column("tensor", "str", description="name of the tensor in vectors.safetensors"),
-        Column("row", "int", check="\"row\" >= 0", check_message="row must be >= 0"),
-        Column("raw_norm", "float", check="raw_norm >= 0", check_message="raw_norm must be >= 0"),
+        _at_least_0("row", sql='"row"'),
+        _at_least_0("raw_norm", "float"),
     ),
     key=("role", "derivation", "layer"),
     description="where each unit-norm role vector lives in vectors.safetensors (tensor, row)",
@@ -273,17 +284,17 @@ CONVERSATIONS = Table(
         _REPLICATE,
         Column("condition", "str", allowed=CONVERSATION_CONDITIONS),
         Column("tau", "float", nullable=True, description="the cap τ on the assistant axis; null unless capped"),
-        Column("turn", "int", check="turn >= 0", check_message="turn must be >= 0"),
+        _TURN,
         Column("user_text", "str", description="the user's message of this turn (scripted or generated)"),
         Column("response_id", "str", description="the turn's response: '<conversation_id>|t<turn>'"),
         Column("seed", "int", description="the turn's generation seed (the same in every condition)"),
         Column("text", "str", nullable=True),
-        Column("n_tokens", "int", check="n_tokens >= 0", check_message="n_tokens must be >= 0"),
-        Column("finish_reason", "str", allowed=FINISH_REASONS),
+        _N_TOKENS,
+        _FINISH_REASON,
         Column("mean_log_prob", "float", nullable=True, check="mean_log_prob <= 0",
                check_message="mean log-probabilities must be <= 0",
                description="mean log-prob of the response's tokens under the model that generated them"),
-        Column("token_ids", "ids", required=False, nullable=True),
+        _TOKEN_IDS,
     ),
     key=("conversation_id", "turn"),
     description="one row per turn of a multi-turn conversation: the user's message and the model's answer",
@@ -296,11 +307,11 @@ PROJECTIONS = Table(
     "projections",
     (
         Column("response_id", "str"),
-        Column("turn", "int", check="turn >= 0", check_message="turn must be >= 0"),
+        _TURN,
         Column("condition", "str", allowed=UNSTEERED + CONVERSATION_CONDITIONS + (TRAIT_RESPONSE,)),
         Column("direction", "str", description="assistant_axis, trait:NAME or ROLE/DERIVATION"),
-        Column("layer", "int", check="layer >= 0", check_message="layer must be >= 0"),
-        Column("token_index", "int", check="token_index >= 0", check_message="token_index must be >= 0"),
+        _LAYER,
+        _TOKEN_INDEX,
         Column("projection", "float", description="the residual at the token, projected on the unit direction"),
     ),
     key=("response_id", "turn", "condition", "direction", "layer", "token_index"),
@@ -321,9 +332,9 @@ TRAIT_RESPONSES = Table(
         _REPLICATE,
         Column("seed", "int", description="the generation seed (the same at every magnitude)"),
         Column("text", "str", nullable=True),
-        Column("n_tokens", "int", check="n_tokens >= 0", check_message="n_tokens must be >= 0"),
-        Column("finish_reason", "str", allowed=FINISH_REASONS),
-        Column("token_ids", "ids", required=False, nullable=True),
+        _N_TOKENS,
+        _FINISH_REASON,
+        _TOKEN_IDS,
     ),
     key=("response_id",),
     description="one row per response generated while steering along a trait vector (no system prompt)",
