@@ -162,6 +162,12 @@ def read_csv_chunks(
         raise DataError(shown, "has a header but no data rows")
 
 
+def _unreadable(f: Path, files: list[Path], shown: str, exc: Exception) -> DataError:
+    """A Parquet file that cannot be read: named as the user gave it, or the part, where there are several."""
+    return DataError(f if len(files) > 1 else shown, f"cannot be read as Parquet: {str(exc).splitlines()[0]}",
+                     hint="Restore the file, or export the table again.")
+
+
 def parquet_header(files: list[Path], shown: str) -> list[str]:
     """The union of the Parquet files' column names, in first-seen order; a file that is not Parquet (or
     is damaged) is an error naming it."""
@@ -170,8 +176,7 @@ def parquet_header(files: list[Path], shown: str) -> list[str]:
         try:
             names = pq.read_schema(f).names
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f if len(files) > 1 else shown, f"cannot be read as Parquet: {str(exc).splitlines()[0]}",
-                            hint="Restore the file, or export the table again.") from exc
+            raise _unreadable(f, files, shown, exc) from exc
         header += [n for n in names if n not in header]
     return header
 
@@ -199,8 +204,7 @@ def read_parquet_chunks(files: list[Path], table: Table, chunk_rows: int = CHUNK
                 offset += batch.num_rows
                 yield pa.table(arrays)
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f if len(files) > 1 else shown, f"cannot be read as Parquet: {str(exc).splitlines()[0]}",
-                            hint="Restore the file, or export the table again.") from exc
+            raise _unreadable(f, files, shown, exc) from exc
     if offset == 0:
         raise DataError(shown, "has no data rows")
 
