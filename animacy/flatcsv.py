@@ -125,16 +125,17 @@ def _contract_kinds(names: list[str], table: Table, rename: dict[str, str], show
 
 def read_csv_chunks(
     path: Path, table: Table, chunk_rows: int = CHUNK_ROWS, rename: dict[str, str] | None = None,
-    shown: str | None = None, newlines: list[tuple[int, int]] | None = None,
+    shown: str | None = None, newlines: list[tuple[int, int]] | None = None, header: list[str] | None = None,
 ) -> Iterator[pa.Table]:
     """Stream a CSV as Arrow tables typed by the contract (extra columns: numbers where they parse as
     numbers throughout, else text), after renaming columns by `rename`. Raises on a missing column or
     a value of the wrong type. Rows whose quoted fields hold newlines are appended to `newlines` as
-    (row, count), so that line numbers stay right after them."""
+    (row, count), so that line numbers stay right after them. `header`: what `check_text_file` returned
+    for the file, where the caller has already checked it (it reads the whole file)."""
     newlines = [] if newlines is None else newlines
     rename = rename or {}
     shown = shown or str(path)
-    kinds = _contract_kinds(check_text_file(path, shown), table, rename, shown)
+    kinds = _contract_kinds(check_text_file(path, shown) if header is None else header, table, rename, shown)
     offset = 0
     reader = pd.read_csv(
         path, chunksize=chunk_rows, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
@@ -264,7 +265,7 @@ def import_flat_csv(csv: str | Path, out: str | Path, roles_csv: str | Path | No
         return _import_flat(chunks, header, Path(out), roles_csv, rename, shown, lines, newlines)
     except _NotAsItStands:
         newlines.clear()
-        chunks = read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown, newlines=newlines)
+        chunks = read_csv_chunks(csv, FLAT_TOKENS, rename=rename, shown=shown, newlines=newlines, header=header)
         return _import_flat(chunks, header, Path(out), roles_csv, rename, shown, lines, newlines)
 
 
